@@ -1,0 +1,424 @@
+"""Tests of the three diffusers models and their shared layers (tiny configs, CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch.func import jvp, vjp
+
+from slams_diffusers.models import (
+    ObservationEncoder,
+    ObservationEncoderOutput,
+    ScoreNet,
+    ScoreNetOutput,
+    StateAutoencoder,
+    StateAutoencoderOutput,
+    fuse_gaussians,
+)
+from slams_diffusers.models.layers import PaddedConv, sinusoidal_embedding
+
+
+def tiny_ae(**kw) -> StateAutoencoder:
+    cfg = dict(
+        levels=3,
+        latent_channels=2,
+        spatial_dims=2,
+        downsample_factor=4,
+        hidden_channels=(4, 8, 8, 8),
+        layers_per_block=1,
+    )
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return StateAutoencoder(**cfg).eval()
+
+
+def tiny_score(**kw) -> ScoreNet:
+    cfg = dict(
+        in_channels=2,
+        window=3,
+        spatial_dims=2,
+        hidden_channels=(8, 16),
+        layers_per_block=1,
+        time_embedding_dim=16,
+    )
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return ScoreNet(**cfg).eval()
+
+
+MODALITIES = {
+    "stations": {"in_channels": 2, "input_mean": [250.0, 260.0], "input_std": [10.0, 5.0]},
+    "satellite": {"in_channels": 1, "input_mean": None, "input_std": None},
+}
+
+
+def tiny_obs(**kw) -> ObservationEncoder:
+    cfg = dict(modalities=MODALITIES, latent_channels=2, spatial_dims=2, hidden_channels=8)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return ObservationEncoder(**cfg).eval()
+
+
+def obs_inputs(sd: int = 2, stations_grid: int = 16, satellite_grid: int = 2):
+    g = torch.Generator().manual_seed(1)
+    vs = 250.0 + 10.0 * torch.randn(2, 2, *([stations_grid] * sd), generator=g)
+    ms = (torch.rand(vs.shape, generator=g) < 0.3).float()
+    vt = torch.randn(2, 1, *([satellite_grid] * sd), generator=g)
+    mt = torch.ones_like(vt)
+    return {"stations": (vs * ms, ms), "satellite": (vt, mt)}
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2])
+def test_periodic_conv_is_circular_along_x_only(spatial_dims):
+    torch.manual_seed(0)
+    conv = PaddedConv(spatial_dims, 2, 3, 3, periodic=True)
+    x = torch.randn(1, 2, *([8] * spatial_dims))
+    # equivariant to rolls along x
+    assert torch.allclose(conv(x.roll(3, -1)), conv(x).roll(3, -1), atol=1e-6)
+    if spatial_dims == 2:  # zero padding along y: not equivariant there
+        assert not torch.allclose(conv(x.roll(3, -2)), conv(x).roll(3, -2), atol=1e-3)
+    plain = PaddedConv(spatial_dims, 2, 3, 3, periodic=False)
+    plain.load_state_dict(conv.state_dict())
+    assert not torch.allclose(plain(x.roll(3, -1)), plain(x).roll(3, -1), atol=1e-3)
+    # interior cells agree with the zero-padded conv
+    assert torch.allclose(conv(x)[..., 1:-1], plain(x)[..., 1:-1], atol=1e-6)
+
+
+def test_sinusoidal_embedding():
+    t = torch.tensor([0.0, 1.0, 250.0])
+    emb = sinusoidal_embedding(t, 9)
+    assert emb.shape == (3, 9)
+    assert torch.allclose(emb[0, :4], torch.ones(4)) and torch.all(emb[0, 4:] == 0)
+    assert torch.allclose(emb[1, 0], torch.cos(torch.tensor(1.0)))
+    assert torch.allclose(emb[1, 4], torch.sin(torch.tensor(1.0)))
+
+
+# --------------------------------------------------------------------------- StateAutoencoder
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2])
+@pytest.mark.parametrize("f", [1, 2, 4, 8])
+def test_autoencoder_shapes(spatial_dims, f):
+    ae = tiny_ae(spatial_dims=spatial_dims, downsample_factor=f)
+    space = (16,) * spatial_dims
+    x = torch.randn(2, 3, 3, *space)
+    out = ae(x)
+    assert isinstance(out, StateAutoencoderOutput)
+    assert out.latent.shape == (2, 3, 2, *(s // f for s in space))
+    assert out.sample.shape == x.shape
+    assert ae.latent_shape(space) == tuple(s // f for s in space)
+    assert ae.decode(ae.encode(x)).shape == x.shape
+    sample, latent = ae(x, return_dict=False)
+    assert torch.equal(sample, out.sample) and torch.equal(latent, out.latent)
+
+
+def test_autoencoder_non_square_and_time_independence():
+    ae = tiny_ae(downsample_factor=2)
+    x = torch.randn(2, 3, 3, 8, 12)
+    z = ae.encode(x)
+    assert z.shape == (2, 3, 2, 4, 6)
+    # frames are encoded independently
+    assert torch.allclose(ae.encode(x[:, 1:2]), z[:, 1:2], atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2])
+def test_autoencoder_periodic_roll(spatial_dims):
+    f = 4
+    ae = tiny_ae(spatial_dims=spatial_dims, downsample_factor=f, periodic=True)
+    x = torch.randn(1, 1, 3, *([16] * spatial_dims))
+    z = ae.encode(x)
+    assert torch.allclose(ae.encode(x.roll(f, -1)), z.roll(1, -1), atol=1e-5)
+    assert torch.allclose(ae.decode(z.roll(1, -1)), ae.decode(z).roll(f, -1), atol=1e-5)
+    plain = tiny_ae(spatial_dims=spatial_dims, downsample_factor=f, periodic=False)
+    plain.load_state_dict(ae.state_dict())
+    assert not torch.allclose(plain.encode(x.roll(f, -1)), plain.encode(x).roll(1, -1), atol=1e-3)
+
+
+def test_autoencoder_normalisation_and_scaling():
+    mean, std = [250.0, 230.0, 210.0], [10.0, 5.0, 2.0]
+    stats = tiny_ae(level_mean=mean, level_std=std, scaling_factor=0.5)
+    plain = tiny_ae()
+    plain.load_state_dict(stats.state_dict())
+    m = torch.tensor(mean).reshape(3, 1, 1)
+    s = torch.tensor(std).reshape(3, 1, 1)
+    x = m + s * torch.randn(2, 1, 3, 8, 8)
+    assert torch.allclose(stats.encode(x), 0.5 * plain.encode((x - m) / s), atol=1e-5)
+    z = torch.randn(2, 1, 2, 2, 2)
+    assert torch.allclose(stats.decode(z), plain.decode(z / 0.5) * s + m, atol=1e-4)
+    # a constant level_mean state encodes like zeros in the un-normalised model
+    xm = m.expand(1, 1, 3, 8, 8)
+    assert torch.allclose(stats.encode(xm), 0.5 * plain.encode(torch.zeros_like(xm)), atol=1e-5)
+    assert not torch.allclose(stats.encode(xm), 0.5 * plain.encode(xm), atol=1e-2)
+
+
+def test_autoencoder_validation():
+    with pytest.raises(ValueError, match="hidden_channels"):
+        StateAutoencoder(downsample_factor=8, hidden_channels=(4, 8, 8))
+    with pytest.raises(ValueError, match="downsample_factor"):
+        StateAutoencoder(downsample_factor=3)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        StateAutoencoder(spatial_dims=3)
+    with pytest.raises(ValueError, match="level_mean"):
+        StateAutoencoder(levels=3, level_mean=[1.0, 2.0])
+    with pytest.raises(ValueError, match="level_std"):
+        StateAutoencoder(levels=2, level_std=[1.0, 0.0])
+    ae = tiny_ae()
+    with pytest.raises(ValueError, match=r"`x`.*5-D.*\(3, 3, 8, 8\)"):
+        ae.encode(torch.randn(3, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"`x`.*3 levels.*\(1, 1, 4, 8, 8\)"):
+        ae.encode(torch.randn(1, 1, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"`x`.*\(8, 6\).*downsample_factor=4"):
+        ae.encode(torch.randn(1, 1, 3, 8, 6))
+    with pytest.raises(ValueError, match=r"`z`.*2 latent_channels"):
+        ae.decode(torch.randn(1, 1, 3, 2, 2))
+    with pytest.raises(ValueError, match="spatial_shape"):
+        ae.latent_shape((8, 6))
+
+
+def test_autoencoder_gradients_and_func_transforms():
+    ae = tiny_ae(periodic=True, level_mean=[250.0, 240.0, 230.0], level_std=[5.0, 5.0, 5.0])
+    x = (250.0 + torch.randn(1, 2, 3, 8, 8)).requires_grad_(True)
+    (gx,) = torch.autograd.grad(ae.encode(x).square().sum(), x)
+    assert gx.shape == x.shape and torch.isfinite(gx).all() and gx.abs().sum() > 0
+    z = torch.randn(1, 2, 2, 2, 2, requires_grad=True)
+    (gz,) = torch.autograd.grad(ae.decode(z).sum(), z)
+    assert torch.isfinite(gz).all() and gz.abs().sum() > 0
+    # forward-mode agrees with reverse mode on <v, J^T u> = <J v, u>
+    v = torch.randn_like(z)
+    u = torch.randn(1, 2, 3, 8, 8)
+    _, jv = jvp(ae.decode, (z.detach(),), (v,))
+    _, pullback = vjp(ae.decode, z.detach())
+    (ju,) = pullback(u)
+    assert torch.allclose((jv * u).sum(), (v * ju).sum(), rtol=1e-4, atol=1e-4)
+    _, jx = jvp(ae.encode, (x.detach(),), (torch.randn_like(x),))
+    assert jx.shape == (1, 2, 2, 2, 2)
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def test_fuse_gaussians_exact():
+    m1 = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    m2 = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    var1, var2 = 1.0, 4.0
+    lv1 = torch.full_like(m1, math.log(var1))
+    lv2 = torch.full_like(m2, math.log(var2))
+    mean, logvar = fuse_gaussians([m1, m2], [lv1, lv2])
+    precision = 1 / var1 + 1 / var2  # 1.25
+    expected = (m1 / var1 + m2 / var2) / precision  # [[1.4, -0.8]]
+    assert torch.allclose(mean, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(mean, torch.tensor([[1.4, -0.8]], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(logvar, torch.full_like(m1, -math.log(precision)), atol=1e-12)
+    # one input comes back unchanged; very confident inputs do not overflow
+    mean1, lv1_out = fuse_gaussians([m1], [lv1])
+    assert torch.equal(mean1, m1) and torch.equal(lv1_out, lv1)
+    mean_b, lv_b = fuse_gaussians([m1, m2], [lv1 - 900.0, lv2 - 900.0])
+    assert torch.allclose(mean_b, expected, atol=1e-9)
+    assert torch.isfinite(lv_b).all()
+    with pytest.raises(ValueError, match="means"):
+        fuse_gaussians([m1, m2], [lv1])
+    with pytest.raises(ValueError, match="means"):
+        fuse_gaussians([], [])
+
+
+# --------------------------------------------------------------------------- ObservationEncoder
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2])
+def test_observation_encoder_shapes_any_resolution(spatial_dims):
+    enc = tiny_obs(spatial_dims=spatial_dims)
+    assert enc.modality_names == ["satellite", "stations"]
+    latent_shape = (4,) * spatial_dims
+    # stations finer than the latent grid, satellite coarser
+    inputs = obs_inputs(spatial_dims, stations_grid=16, satellite_grid=2)
+    out = enc(inputs, latent_shape)
+    assert isinstance(out, ObservationEncoderOutput)
+    assert out.mean.shape == out.logvar.shape == (2, 2, *latent_shape)
+    assert out.logvar.abs().max() < 10.0
+    for name, (values, mask) in inputs.items():
+        mean, logvar = enc.encode_modality(name, values, mask, latent_shape)
+        assert mean.shape == logvar.shape == (2, 2, *latent_shape)
+    # odd, non-multiple grids
+    vals = torch.randn(1, 1, *([7] * spatial_dims))
+    mean, _ = enc.encode_modality("satellite", vals, torch.ones_like(vals), (3,) * spatial_dims)
+    assert mean.shape == (1, 2, *([3] * spatial_dims))
+
+
+def test_observation_encoder_missing_modality_and_fusion():
+    enc = tiny_obs()
+    inputs = obs_inputs()
+    alone = enc({"stations": inputs["stations"]}, (4, 4))
+    mean_s, lv_s = enc.encode_modality("stations", *inputs["stations"], (4, 4))
+    assert torch.equal(alone.mean, mean_s) and torch.equal(alone.logvar, lv_s)
+    both = enc(inputs, (4, 4))
+    mean_t, lv_t = enc.encode_modality("satellite", *inputs["satellite"], (4, 4))
+    exp_mean, exp_lv = fuse_gaussians([mean_s, mean_t], [lv_s, lv_t])
+    assert torch.allclose(both.mean, exp_mean) and torch.allclose(both.logvar, exp_lv)
+    # fused precision exceeds each modality's
+    assert torch.all(both.logvar <= torch.minimum(lv_s, lv_t) + 1e-6)
+    mean, logvar = enc(inputs, (4, 4), return_dict=False)
+    assert torch.equal(mean, both.mean)
+
+
+def test_observation_encoder_normalisation_and_mask():
+    enc = tiny_obs()
+    values, mask = obs_inputs()["stations"]
+    m = torch.tensor([250.0, 260.0]).reshape(2, 1, 1)
+    s = torch.tensor([10.0, 5.0]).reshape(2, 1, 1)
+    raw = tiny_obs(modalities={"stations": {"in_channels": 2}})
+    raw.load_state_dict(enc.state_dict(), strict=False)
+    raw.encoders["stations"].load_state_dict(enc.encoders["stations"].state_dict())
+    a = enc.encode_modality("stations", values, mask, (4, 4))
+    b = raw.encode_modality("stations", (values - m) / s, mask, (4, 4))
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    # values at unobserved cells do not matter; observed ones do
+    junk = values + 1e3 * (1 - mask)
+    c = enc.encode_modality("stations", junk, mask, (4, 4))
+    assert torch.allclose(a[0], c[0], atol=1e-5)
+    d = enc.encode_modality("stations", values + mask, mask, (4, 4))
+    assert not torch.allclose(a[0], d[0], atol=1e-4)
+
+
+def test_observation_encoder_validation():
+    enc = tiny_obs()
+    inputs = obs_inputs()
+    with pytest.raises(ValueError, match=r"radar.*satellite.*stations"):
+        enc({"radar": inputs["satellite"]}, (4, 4))
+    with pytest.raises(ValueError, match=r"radar.*stations"):
+        enc.encode_modality("radar", *inputs["satellite"], (4, 4))
+    values, mask = inputs["stations"]
+    with pytest.raises(ValueError, match=r"`values`.*stations.*\(B, 2"):
+        enc.encode_modality("stations", values[:, :1], mask[:, :1], (4, 4))
+    with pytest.raises(ValueError, match="`mask`"):
+        enc.encode_modality("stations", values, mask[..., :8], (4, 4))
+    with pytest.raises(ValueError, match="`latent_shape`"):
+        enc(inputs, (4,))
+    with pytest.raises(ValueError, match="`inputs`"):
+        enc({}, (4, 4))
+    with pytest.raises(ValueError, match="input_std"):
+        ObservationEncoder({"a": {"in_channels": 2, "input_std": [1.0]}})
+    with pytest.raises(ValueError, match="in_channels"):
+        ObservationEncoder({"a": {"channels": 2}})
+    with pytest.raises(ValueError, match="modalities"):
+        ObservationEncoder({})
+
+
+def test_observation_encoder_gradients():
+    enc = tiny_obs(periodic=True)
+    values, mask = obs_inputs()["stations"]
+    values = values.clone().requires_grad_(True)
+    mean, logvar = enc.encode_modality("stations", values, mask, (4, 4))
+    (g,) = torch.autograd.grad(mean.sum() + logvar.sum(), values)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert torch.all(g[mask == 0] == 0)
+
+
+# --------------------------------------------------------------------------- ScoreNet
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2])
+def test_score_net_shapes_and_timesteps(spatial_dims):
+    net = tiny_score(spatial_dims=spatial_dims, hidden_channels=(8, 8, 16))
+    x = torch.randn(2, 3, 2, *([8] * spatial_dims))
+    out = net(x, 0.3)
+    assert isinstance(out, ScoreNetOutput) and out.sample.shape == x.shape
+    (eps,) = net(x, 0.3, return_dict=False)
+    assert torch.equal(eps, out.sample)
+    assert torch.allclose(net(x, torch.tensor(0.3)).sample, out.sample, atol=1e-6)
+    assert torch.allclose(net(x, torch.full((2,), 0.3)).sample, out.sample, atol=1e-6)
+    # per-sample times, and batch independence
+    mixed = net(x, torch.tensor([0.3, 0.9])).sample
+    assert torch.allclose(mixed[:1], out.sample[:1], atol=1e-5)
+    assert torch.allclose(mixed[1:], net(x[1:], 0.9).sample, atol=1e-5)
+    assert not torch.allclose(mixed[1:], out.sample[1:], atol=1e-4)
+    assert out.sample.abs().mean() > 1e-3  # output layer not zero-initialised
+
+
+def test_score_net_periodic_equivariance():
+    net = tiny_score(periodic=True, hidden_channels=(8, 16))
+    x = torch.randn(1, 3, 2, 8, 8)
+    # a roll by 2 (one coarse cell at the bottom level) commutes with the periodic U-Net
+    assert torch.allclose(net(x.roll(2, -1), 0.5).sample, net(x, 0.5).sample.roll(2, -1), atol=1e-5)
+
+
+def test_score_net_validation():
+    with pytest.raises(ValueError, match="window"):
+        ScoreNet(window=2)
+    net = tiny_score(hidden_channels=(8, 8, 16))
+    with pytest.raises(ValueError, match=r"`sample`.*divisible.*4"):
+        net(torch.randn(1, 3, 2, 8, 6), 0.5)
+    with pytest.raises(ValueError, match=r"`sample`.*window=3"):
+        net(torch.randn(1, 1, 2, 8, 8), 0.5)
+    with pytest.raises(ValueError, match=r"`sample`.*C=2"):
+        net(torch.randn(1, 3, 4, 8, 8), 0.5)
+    with pytest.raises(ValueError, match=r"`sample`.*5-D"):
+        net(torch.randn(3, 2, 8, 8), 0.5)
+    with pytest.raises(ValueError, match="`timestep`"):
+        net(torch.randn(2, 3, 2, 8, 8), torch.rand(3))
+    with pytest.raises(ValueError, match="level_mean"):
+        ScoreNet(in_channels=2, level_mean=[1.0])
+
+
+def test_score_net_gradients_and_jvp():
+    net = tiny_score(periodic=True)
+    x = torch.randn(2, 3, 2, 8, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x, 0.5).sample.square().sum(), x)
+    assert g.shape == x.shape and torch.isfinite(g).all() and g.abs().sum() > 0
+    v = torch.randn_like(x)
+    u = torch.randn_like(x)
+    _, jv = jvp(lambda s: net(s, torch.tensor(0.5)).sample, (x.detach(),), (v,))
+    (ju,) = torch.autograd.grad((net(x, 0.5).sample * u).sum(), x)
+    assert torch.allclose((jv * u).sum(), (v * ju).sum(), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def _assert_safetensors_only(path):
+    files = os.listdir(path)
+    assert "diffusion_pytorch_model.safetensors" in files
+    assert "config.json" in files
+    assert not any(f.endswith(".bin") for f in files)
+
+
+def test_autoencoder_save_load(tmp_path):
+    ae = tiny_ae(periodic=True, level_mean=[250.0, 240.0, 230.0], level_std=[5.0, 4.0, 3.0])
+    x = 240.0 + 5.0 * torch.randn(1, 2, 3, 8, 8)
+    ae.save_pretrained(tmp_path)
+    _assert_safetensors_only(tmp_path)
+    loaded = StateAutoencoder.from_pretrained(tmp_path).eval()
+    assert list(loaded.config.hidden_channels) == [4, 8, 8, 8]
+    assert loaded.config.level_std == [5.0, 4.0, 3.0]
+    with torch.no_grad():
+        a, b = ae(x), loaded(x)
+    assert torch.equal(a.latent, b.latent) and torch.equal(a.sample, b.sample)
+
+
+def test_observation_encoder_save_load(tmp_path):
+    enc = tiny_obs()
+    enc.save_pretrained(tmp_path)
+    _assert_safetensors_only(tmp_path)
+    loaded = ObservationEncoder.from_pretrained(tmp_path).eval()
+    assert loaded.modality_names == enc.modality_names
+    assert loaded.config.modalities["stations"]["input_std"] == [10.0, 5.0]
+    inputs = obs_inputs()
+    with torch.no_grad():
+        a, b = enc(inputs, (4, 4)), loaded(inputs, (4, 4))
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.logvar, b.logvar)
+
+
+def test_score_net_save_load(tmp_path):
+    net = tiny_score(level_mean=[1.0, 2.0], level_std=[3.0, 4.0])
+    net.save_pretrained(tmp_path)
+    _assert_safetensors_only(tmp_path)
+    loaded = ScoreNet.from_pretrained(tmp_path).eval()
+    assert loaded.config.level_mean == [1.0, 2.0]
+    x = torch.randn(2, 3, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x, 0.25).sample, loaded(x, 0.25).sample)
