@@ -11,13 +11,15 @@ import numpy as np
 import torch
 import xarray as xr
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..guidance import COVARIANCES, GaussianTerm, likelihood_score
 from ..models.observation_encoder import fuse_gaussians
 from ..observations import Background, Observation
+
+logger = logging.get_logger(__name__)
 
 ROUTES = ("latent", "decoded")
 OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
@@ -354,7 +356,13 @@ class SLAMSPipeline(DiffusionPipeline):
                     f"`observations[{index}]` must be an Observation, "
                     f"got {type(observation).__name__}"
                 )
-            observation.check_state(grid.levels, grid.space)
+            try:
+                observation.check_state(grid.levels, grid.space)
+            except ValueError as error:
+                raise ValueError(
+                    f"`observations[{index}]` ({observation.modality!r}) does not fit the state "
+                    f"(levels={grid.levels}, space={grid.space}): {error}"
+                ) from error
             if not 0 <= observation.time_index < grid.time:
                 raise ValueError(
                     f"`observations[{index}].time_index` is {observation.time_index}; expected "
@@ -635,14 +643,20 @@ class SLAMSPipeline(DiffusionPipeline):
                             eps, s, latents, generator=generators, tau=tau
                         ).prev_sample
                     if callback_on_step_end is not None:
+                        available = {"latents": latents}
                         callback_kwargs = {
-                            name: locals()[name] for name in callback_on_step_end_tensor_inputs
+                            name: available[name] for name in callback_on_step_end_tensor_inputs
                         }
                         returned = callback_on_step_end(self, step, t, callback_kwargs) or {}
                         latents = returned.get("latents", latents)
                     progress.update()
                 results.append(latents)
         latents = torch.cat(results)
+        if not torch.isfinite(latents).all():
+            logger.warning(
+                "The analysis has non-finite values: the guidance was too stiff for the step "
+                "size. Try likelihood_covariance='tweedie', more steps or a larger gamma."
+            )
 
         members = latents if output_type == "latent" else self.decode(latents)
         output = self._to_output(members, latents, output_type, template)
