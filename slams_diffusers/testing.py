@@ -85,6 +85,23 @@ class GaussianProblem:
     posterior: GaussianPosterior
     num_frames: int
 
+    def errors(
+        self, covariance: str, members: int, steps: int, seed: int = 0, **kwargs
+    ) -> tuple[float, float]:
+        """Assimilate with ``likelihood_covariance=covariance`` and score against the posterior:
+        (RMS ensemble-mean error in posterior stds, mean variance ratio)."""
+        out = self.pipeline(
+            observations=self.observations,
+            num_frames=self.num_frames,
+            num_members=members,
+            num_inference_steps=steps,
+            likelihood_covariance=covariance,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+            **kwargs,
+        )
+        return self.posterior.errors(out.members)
+
 
 def _problem(
     prior_mean: Tensor, prior_covariance: Tensor, window: int, observations: list[Observation]

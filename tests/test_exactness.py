@@ -1,7 +1,6 @@
 """The sampler against exact linear-Gaussian posteriors (DESIGN §8)."""
 
 import pytest
-import torch
 
 from slams_diffusers.testing import GaussianProblem, ar1_trajectory_problem, gaussian_field_problem
 
@@ -9,18 +8,7 @@ MEMBERS, STEPS = 512, 256
 
 
 def assimilate(problem: GaussianProblem, covariance: str) -> tuple[float, float]:
-    out = problem.pipeline(
-        observations=problem.observations,
-        num_frames=problem.num_frames,
-        num_members=MEMBERS,
-        num_inference_steps=STEPS,
-        corrector_steps=1,
-        likelihood_covariance=covariance,
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    )
-    assert out.members.shape == (MEMBERS, *problem.posterior.mean.shape)
-    return problem.posterior.errors(out.members)
+    return problem.errors(covariance, MEMBERS, STEPS, seed=0, corrector_steps=1)
 
 
 @pytest.fixture(scope="module")

@@ -289,6 +289,12 @@ def radar():
     )
 
 
+def three_channel_satellite():
+    """Satellite with 3 channels where the observation encoder was built for 2."""
+    weights = gaussian_weighting_functions(PRESSURES, [700.0, 500.0, 300.0])
+    return Satellite.simulate(truth()[0], weights=weights, footprint=2, noise_std=1.0)
+
+
 def bad_station():
     return Stations(
         values=torch.ones(1, 1),
@@ -315,7 +321,9 @@ def bad_station():
             dict(observations=[radar()], guidance="latent"),
             "unknown modality 'radar'",
         ),
+        (dict(observations=[three_channel_satellite()]), "satellite.*3 channels.*expects 2"),
         (dict(guidance="pixel"), "guidance"),
+        (dict(guidance={"radar": "latent"}), "guidance.*radar"),
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(num_members=0, generator=None), "num_members"),
         (dict(generator=[torch.Generator()]), "generator"),

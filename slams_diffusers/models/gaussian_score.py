@@ -78,7 +78,7 @@ class GaussianScoreModel(ModelMixin, ConfigMixin):
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance.to(mean.dtype))
         model.mean = mean.reshape(-1).clone()  # assigning a registered buffer keeps it a buffer
         model.eigenvalues = eigenvalues.clamp_min(0)
-        model.eigenvectors = eigenvectors
+        model.eigenvectors = eigenvectors.contiguous()  # eigh returns column-major storage
         return model
 
     def forward(self, sample: Tensor, timestep: Tensor | float, return_dict: bool = True):

@@ -257,42 +257,46 @@ class SLAMSPipeline(DiffusionPipeline):
         return _Grid(time, levels, space, channels, latent_space)
 
     def _routes(self, observations: Sequence[Observation], guidance: str | dict) -> list[str]:
+        """The route of each observation; raises for routes that cannot be taken."""
         known = set(self.observation_encoder.modality_names) if self.observation_encoder else set()
-        if isinstance(guidance, dict):
+        if isinstance(guidance, str):
+            choices, default = {}, guidance
+        elif isinstance(guidance, dict):
             unknown = set(guidance) - {o.modality for o in observations}
             if unknown:
                 raise ValueError(
                     f"`guidance` names modalities {sorted(unknown)} that no observation has"
                 )
-            choices = guidance
-        elif isinstance(guidance, str):
-            choices = {}
+            choices, default = guidance, "auto"
         else:
             raise ValueError(
                 f"`guidance` must be a route name or a dict, got {type(guidance).__name__}"
             )
         routes = []
         for observation in observations:
-            route = choices.get(
-                observation.modality, guidance if isinstance(guidance, str) else "auto"
-            )
+            modality = observation.modality
+            encodable = modality in known or isinstance(observation, Background)
+            route = choices.get(modality, default)
             if route == "auto":
-                latent = observation.modality in known or isinstance(observation, Background)
-                route = "latent" if latent else "decoded"
+                route = "latent" if encodable else "decoded"
             if route not in ROUTES:
                 raise ValueError(
                     f"`guidance` must be one of {('auto', *ROUTES)} or a dict of them, "
                     f"got {route!r}"
                 )
-            if (
-                route == "latent"
-                and observation.modality not in known
-                and not isinstance(observation, Background)
-            ):
+            if route == "latent" and not encodable:
                 raise ValueError(
-                    f"unknown modality {observation.modality!r} for the latent route: the "
+                    f"unknown modality {modality!r} for the latent route: the "
                     f"observation_encoder knows {sorted(known)}; use guidance='decoded' for it"
                 )
+            if route == "latent" and modality in known:
+                expected = self.observation_encoder.config.modalities[modality]["in_channels"]
+                channels = observation.to_grid()[0].shape[0]
+                if channels != expected:
+                    raise ValueError(
+                        f"`observations` of modality {modality!r} have {channels} channels "
+                        f"but the observation_encoder expects {expected}"
+                    )
             routes.append(route)
         return routes
 
