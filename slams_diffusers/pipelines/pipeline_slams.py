@@ -168,9 +168,6 @@ class SLAMSPipeline(DiffusionPipeline):
         batch, length = latents.shape[:2]
         window = self.window
         k = window // 2
-        if length == window:
-            timestep = t.expand(batch).to(latents.dtype)
-            return self.score_model(latents, timestep).sample
         windows = latents.unfold(1, window, 1)  # (B, n, c, *space, window)
         count = windows.shape[1]
         windows = windows.movedim(-1, 2).reshape(batch * count, window, *latents.shape[2:])
