@@ -1,0 +1,1 @@
+"""Testbed and data layer: the QG simulator, observation simulators, xarray / datasets I/O."""
