@@ -231,11 +231,8 @@ class VPPredictorCorrectorScheduler(SchedulerMixin, ConfigMixin):
         r = alpha_s / alpha_t
         prev_sample = r * sample + (sigma_s - r * sigma_t) * eps
         pred_original_sample = (sample - sigma_t * eps) / alpha_t
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return VPPredictorCorrectorSchedulerOutput(
-            prev_sample=prev_sample, pred_original_sample=pred_original_sample
-        )
+        output = VPPredictorCorrectorSchedulerOutput(prev_sample, pred_original_sample)
+        return output if return_dict else output.to_tuple()
 
     def step_correct(
         self,
@@ -287,11 +284,8 @@ class VPPredictorCorrectorScheduler(SchedulerMixin, ConfigMixin):
         )
         prev_sample = sample + delta * score + torch.sqrt(2.0 * delta) * noise
         pred_original_sample = (sample - sigma_t * eps) / alpha_t
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return VPPredictorCorrectorSchedulerOutput(
-            prev_sample=prev_sample, pred_original_sample=pred_original_sample
-        )
+        output = VPPredictorCorrectorSchedulerOutput(prev_sample, pred_original_sample)
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ training
 
