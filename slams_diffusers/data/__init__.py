@@ -1,1 +1,5 @@
-"""Testbed and data layer: the QG simulator, observation simulators, xarray / datasets I/O."""
+"""Testbed and data layer: the QG simulator, observation simulators, xarray / datasets I/O.
+
+Submodules import heavy optional pieces (``datasets``, ``zarr``) only where used; import
+what you need from ``slams_diffusers.data.datasets``, ``.observing`` or ``.qg``.
+"""
