@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     selftest.add_argument("--steps", type=int, default=256)
     selftest.add_argument("--seed", type=int, default=0)
     selftest.set_defaults(run=_selftest)
+    simulate = commands.add_parser("simulate", help="generate a testbed dataset")
+    testbeds = simulate.add_subparsers(dest="testbed", required=True)
+    qg = testbeds.add_parser(
+        "qg", help="multi-layer quasi-geostrophic atmosphere: t(trajectory, time, level, y, x)"
+    )
+    from .data.qg import add_simulate_arguments, simulate_main
+
+    add_simulate_arguments(qg)
+    qg.set_defaults(run=simulate_main)
     args = parser.parse_args(argv)
     return args.run(args)
 

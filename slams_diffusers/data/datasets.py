@@ -794,7 +794,8 @@ def from_hf_dataset(
             f"= {dict(zip(row_dims, row_shape, strict=True))} (rows filtered or appended?)."
         )
     columns = [meta["column"], *meta["row_coords"]]
-    table = dataset.select_columns(columns).with_format("numpy")[:]
+    # dtype=None keeps each column's own dtype (the numpy formatter casts floats to float32)
+    table = dataset.select_columns(columns).with_format("numpy", dtype=None)[:]
     values = np.asarray(table[meta["column"]], dtype=_decode_dtype(meta["dtype"]))
     values = values.reshape(*row_shape, *(sizes[d] for d in snapshot_dims))
     coords: dict[str, Any] = {}
