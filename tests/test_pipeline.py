@@ -386,3 +386,17 @@ def test_missing_repo_offline_names_the_repo(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="org/not-cached"):
         SLAMSPipeline.from_pretrained("org/not-cached", cache_dir=str(tmp_path))
+
+
+def test_repo_id_loads_offline_from_a_hub_cache(tmp_path, monkeypatch):
+    """A cache laid out as the Hub's (refs/main -> snapshots/<commit>/...) loads by repo id."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--slams-tiny"
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    loaded = SLAMSPipeline.from_pretrained("org/slams-tiny", cache_dir=str(tmp_path))
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(run(pipe).members, run(loaded).members)
