@@ -314,6 +314,7 @@ def bad_station():
         (dict(background=torch.zeros(1, LEVELS + 1, SIZE, SIZE)), "background.*levels"),
         (dict(background=torch.full((1, LEVELS, SIZE, SIZE), float("nan"))), "background.*NaN"),
         (dict(background=torch.zeros(1, LEVELS, 7, 7)), "divisible"),
+        (dict(background=torch.zeros(1, LEVELS, 6, 6)), "score model's grid.*divisible by"),
         (dict(background=None, observations=[]), "observations"),
         (dict(background_error_std=-1.0), "background_error_std"),
         (dict(observations=[bad_station()]), r"observations\[0\].*\(16, 16\)"),

@@ -251,6 +251,12 @@ class SLAMSPipeline(DiffusionPipeline):
             latent_space = tuple(s // factor for s in space)
         else:
             channels, latent_space = levels, space
+        widths = getattr(self.score_model.config, "hidden_channels", None)
+        if widths is not None and any(n % 2 ** (len(widths) - 1) for n in latent_space):
+            raise ValueError(
+                f"the score model's grid {latent_space} (state {space}) must be divisible by "
+                f"2^(len(hidden_channels) - 1) = {2 ** (len(widths) - 1)} for its U-Net"
+            )
         return _Grid(time, levels, space, channels, latent_space)
 
     def _routes(self, observations: Sequence[Observation], guidance: str | dict) -> list[str]:
