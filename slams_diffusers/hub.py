@@ -1,0 +1,230 @@
+"""Hugging Face Hub helpers: model cards and safetensors-only folder uploads.
+
+Everything here except :func:`push_folder_to_hub` works offline. Cards are written with
+``ModelCard.from_template`` and never ``validate()``-d (that needs the network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+__all__ = [
+    "CARD_TAGS",
+    "FORBIDDEN_WEIGHT_SUFFIXES",
+    "model_card",
+    "push_folder_to_hub",
+    "save_model_card",
+]
+
+CARD_TAGS = ["diffusers", "data-assimilation", "weather", "slams"]
+FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pkl", ".pickle")
+
+DEFAULT_INTENDED_USE = (
+    "Research on score-based data assimilation: sampling ensembles of atmospheric states "
+    "conditioned on a background and on sparse, noisy observations."
+)
+DEFAULT_LIMITATIONS = (
+    "Trained on a limited data set and resolution; not an operational forecasting or "
+    "analysis system. Posterior spread depends on the likelihood approximation and on the "
+    "number of sampling steps and corrections; check calibration before relying on it."
+)
+
+_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ description }}
+
+## How to load
+
+```python
+from slams_diffusers import SLAMSPipeline
+
+pipe = SLAMSPipeline.from_pretrained("{{ load_path }}")
+```
+{% if training_block %}
+## Training configuration
+
+```yaml
+{{ training_block }}
+```
+{% endif %}{% if evaluation_table %}
+## Evaluation results
+
+{{ evaluation_table }}
+{% endif %}
+## Intended use
+
+{{ intended_use }}
+
+## Limitations
+
+{{ limitations }}
+"""
+
+
+def _format_value(value: Any) -> str:
+    """Format one table cell: floats with 4 significant digits, everything else via ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def evaluation_table(evaluation: Mapping[str, Any]) -> str:
+    """Render evaluation results as a Markdown table.
+
+    A flat mapping ``{metric: value}`` gives a two-column ``Metric | Value`` table; a nested
+    mapping ``{row: {column: value}}`` gives one row per key and the union of inner keys as
+    columns (missing cells left empty).
+    """
+    if not isinstance(evaluation, Mapping) or not evaluation:
+        raise ValueError("evaluation must be a non-empty mapping")
+    if all(isinstance(v, Mapping) for v in evaluation.values()):
+        columns: list[str] = []
+        for row in evaluation.values():
+            columns += [str(k) for k in row if str(k) not in columns]
+        lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for name, row in evaluation.items():
+            str_row = {str(k): v for k, v in row.items()}
+            cells = [_format_value(str_row[c]) if c in str_row else "" for c in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    else:
+        lines = ["| Metric | Value |", "|---|---|"]
+        lines += [f"| {k} | {_format_value(v)} |" for k, v in evaluation.items()]
+    return "\n".join(lines)
+
+
+def model_card(
+    *,
+    repo_id: str | None,
+    base_description: str,
+    datasets: Sequence[str] = (),
+    training: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    intended_use: str = DEFAULT_INTENDED_USE,
+    limitations: str = DEFAULT_LIMITATIONS,
+) -> ModelCard:
+    """Build the model card of a SLAMS pipeline, offline.
+
+    Args:
+        repo_id: Hub repo id (``"org/name"``) used in the title and the load snippet; ``None``
+            for a local folder (the snippet then loads ``"path/to/pipeline"``).
+        base_description: Free text describing the pipeline (models, data, resolution).
+        datasets: Hub data set ids or names, put into the card metadata.
+        training: Training configuration, rendered as a YAML block.
+        evaluation: Evaluation results, rendered as a Markdown table (see
+            :func:`evaluation_table`).
+        intended_use: Text of the "Intended use" section.
+        limitations: Text of the "Limitations" section.
+
+    Returns:
+        A :class:`huggingface_hub.ModelCard` (not validated; that needs the network).
+    """
+    if repo_id is not None and (not isinstance(repo_id, str) or not repo_id.strip()):
+        raise ValueError(f"repo_id must be None or a non-empty string, got {repo_id!r}")
+    if not isinstance(base_description, str) or not base_description.strip():
+        raise ValueError("base_description must be a non-empty string")
+    if isinstance(datasets, str) or not all(isinstance(d, str) and d for d in datasets):
+        raise ValueError(f"datasets must be a list of non-empty strings, got {datasets!r}")
+    if training is not None and not isinstance(training, Mapping):
+        raise ValueError(f"training must be a mapping or None, got {type(training).__name__}")
+    if evaluation is not None and not isinstance(evaluation, Mapping):
+        raise ValueError(f"evaluation must be a mapping or None, got {type(evaluation).__name__}")
+
+    card_data = ModelCardData(
+        library_name="diffusers",
+        tags=list(CARD_TAGS),
+        datasets=list(datasets) or None,
+        license="apache-2.0",
+        pipeline_tag=None,
+    )
+    training_block = ""
+    if training:
+        # JSON round trip turns tuples / numpy scalars' str into plain YAML-safe types.
+        plain = json.loads(json.dumps(dict(training), default=str))
+        training_block = yaml.safe_dump(plain, sort_keys=False).rstrip()
+    return ModelCard.from_template(
+        card_data,
+        template_str=_TEMPLATE,
+        title=repo_id.split("/")[-1] if repo_id else "SLAMS pipeline",
+        description=base_description.strip(),
+        load_path=repo_id or "path/to/pipeline",
+        training_block=training_block,
+        evaluation_table=evaluation_table(evaluation) if evaluation else "",
+        intended_use=intended_use.strip(),
+        limitations=limitations.strip(),
+    )
+
+
+def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
+    """Write ``card`` as ``README.md`` into ``folder`` (created if missing); return its path."""
+    if not isinstance(card, ModelCard):
+        raise ValueError(f"card must be a huggingface_hub.ModelCard, got {type(card).__name__}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} exists and is not a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def _check_upload_folder(folder: Path) -> None:
+    """Raise ValueError unless ``folder`` is a pipeline folder with safetensors weights only."""
+    if not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} is not a directory")
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(
+            f"folder {str(folder)!r} has no model_index.json; save it with "
+            "SLAMSPipeline.save_pretrained first"
+        )
+    pickled = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES
+    )
+    if pickled:
+        raise ValueError(
+            f"folder {str(folder)!r} contains pickle-based weights {pickled}; "
+            "upload safetensors only (save_pretrained(safe_serialization=True))"
+        )
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload SLAMS pipeline",
+) -> str:
+    """Upload a saved pipeline folder to the Hub (network needed).
+
+    The folder must contain ``model_index.json`` and no ``.bin``/``.pt``/``.pkl``/``.pickle``
+    files (safetensors only). The repo is created if missing (``exist_ok=True``).
+
+    Returns:
+        The commit URL as returned by ``HfApi.upload_folder``.
+    """
+    folder = Path(folder)
+    _check_upload_folder(folder)
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ValueError(f"repo_id must be a non-empty string, got {repo_id!r}")
+    if not isinstance(commit_message, str) or not commit_message.strip():
+        raise ValueError("commit_message must be a non-empty string")
+    api = huggingface_hub.HfApi(token=token)  # looked up at call time so tests can patch it
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message
+    )
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,144 @@
+"""Hub helpers, offline: model cards and push_folder_to_hub with a fake HfApi."""
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from slams_diffusers import ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
+from slams_diffusers.hub import model_card, push_folder_to_hub, save_model_card
+
+REPO = "slams/tiny-qg-latent"
+
+
+@pytest.fixture
+def card() -> ModelCard:
+    return model_card(
+        repo_id=REPO,
+        base_description="A tiny latent SLAMS pipeline trained on QG turbulence.",
+        datasets=["slams/qg-2layer"],
+        training={"steps": 1000, "lr": 3e-4, "hidden_channels": [8, 16]},
+        evaluation={"rmse": 0.1234, "crps": 0.0567, "spread_skill": 0.98},
+    )
+
+
+def test_model_card_contents(card):
+    assert set(card.data.tags) == {"diffusers", "data-assimilation", "weather", "slams"}
+    assert card.data.library_name == "diffusers"
+    assert card.data.license == "apache-2.0"
+    assert card.data.datasets == ["slams/qg-2layer"]
+    text = str(card)
+    assert f'SLAMSPipeline.from_pretrained("{REPO}")' in text
+    assert "| Metric | Value |" in text
+    for cell in ("| rmse | 0.1234 |", "| crps | 0.0567 |", "| spread_skill | 0.98 |"):
+        assert cell in text
+    assert "```yaml" in text and "steps: 1000" in text
+    assert "## Intended use" in text and "## Limitations" in text
+
+
+def test_model_card_optional_sections_and_nested_table():
+    local = model_card(repo_id=None, base_description="Local pipeline.")
+    text = str(local)
+    assert 'from_pretrained("path/to/pipeline")' in text
+    assert "## Evaluation results" not in text and "## Training configuration" not in text
+    nested = model_card(
+        repo_id=REPO,
+        base_description="d",
+        evaluation={"slams": {"rmse": 1.0, "crps": 0.5}, "3dvar": {"rmse": 2.0}},
+    )
+    assert "| | rmse | crps |" in str(nested)
+    assert "| 3dvar | 2 |  |" in str(nested)
+
+
+def test_model_card_round_trip(card, tmp_path):
+    path = save_model_card(card, tmp_path / "card")
+    assert path == tmp_path / "card" / "README.md" and path.is_file()
+    loaded = ModelCard.load(path)
+    assert loaded.data.to_dict() == card.data.to_dict()
+    assert loaded.text == card.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"base_description": ""}, "base_description"),
+        ({"repo_id": ""}, "repo_id"),
+        ({"datasets": "one"}, "datasets"),
+        ({"evaluation": [1.0]}, "evaluation"),
+        ({"training": "lr=1"}, "training"),
+    ],
+)
+def test_model_card_bad_input(kwargs, name):
+    args = {"repo_id": REPO, "base_description": "d", **kwargs}
+    with pytest.raises(ValueError, match=name):
+        model_card(**args)
+
+
+class FakeHfApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        FakeHfApi.calls.append(("init", {"token": token}))
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        FakeHfApi.calls.append(("upload_folder", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    pipe = SLAMSPipeline(
+        score_model=ScoreNet(in_channels=2, hidden_channels=(8, 16), layers_per_block=1),
+        scheduler=VPPredictorCorrectorScheduler(),
+    )
+    folder = tmp_path_factory.mktemp("pipe")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_push_folder_to_hub(fake_api, pipeline_folder):
+    url = push_folder_to_hub(
+        pipeline_folder, REPO, token="hf_fake", private=True, commit_message="msg"
+    )
+    assert url == f"https://huggingface.co/{REPO}/commit/abc123"
+    assert fake_api.calls == [
+        ("init", {"token": "hf_fake"}),
+        ("create_repo", {"repo_id": REPO, "private": True, "exist_ok": True}),
+        (
+            "upload_folder",
+            {"repo_id": REPO, "folder_path": str(pipeline_folder), "commit_message": "msg"},
+        ),
+    ]
+
+
+def test_push_refuses_pickle_weights(fake_api, pipeline_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(pipeline_folder, folder)
+    (folder / "score_model" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="folder") as err:
+        push_folder_to_hub(folder, REPO)
+    assert "safetensors" in str(err.value)
+    assert fake_api.calls == []
+
+
+def test_push_requires_model_index(fake_api, tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="folder.*model_index.json"):
+        push_folder_to_hub(tmp_path, REPO)
+    with pytest.raises(ValueError, match="folder"):
+        push_folder_to_hub(tmp_path / "missing", REPO)
+    assert fake_api.calls == []
