@@ -142,3 +142,21 @@ def test_push_requires_model_index(fake_api, tmp_path):
     with pytest.raises(ValueError, match="folder"):
         push_folder_to_hub(tmp_path / "missing", REPO)
     assert fake_api.calls == []
+
+
+def test_pipeline_save_pretrained_writes_the_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from slams_diffusers import ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
+    from slams_diffusers.hub import model_card
+
+    pipe = SLAMSPipeline(
+        score_model=ScoreNet(in_channels=2, hidden_channels=(8, 16), layers_per_block=1),
+        scheduler=VPPredictorCorrectorScheduler(),
+    )
+    card = model_card(repo_id="org/slams-tiny", base_description="A tiny test pipeline.")
+    pipe.save_pretrained(tmp_path, model_card=card)
+    assert (tmp_path / "model_index.json").exists()
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert 'SLAMSPipeline.from_pretrained("org/slams-tiny")' in loaded.text
+    assert "data-assimilation" in loaded.data.tags

@@ -113,6 +113,15 @@ class SLAMSPipeline(DiffusionPipeline):
                 ) from error
         return super().from_pretrained(path, **kwargs)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card=None, **kwargs):
+        """``DiffusionPipeline.save_pretrained``; a ``huggingface_hub.ModelCard`` given as
+        ``model_card`` (see :func:`slams_diffusers.hub.model_card`) is written as ``README.md``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if model_card is not None:
+            from ..hub import save_model_card
+
+            save_model_card(model_card, save_directory)
+
     # ------------------------------------------------------------------ spaces
     @property
     def _model_dtype(self) -> torch.dtype:
