@@ -11,6 +11,7 @@ in-place writes), so the blocks work under ``torch.autograd.grad``, ``torch.func
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,19 @@ __all__ = [
     "sinusoidal_embedding",
     "validate_spatial_dims",
 ]
+
+
+def channel_values(
+    values: Sequence[float] | None, count: int, name: str, default: float
+) -> list[float]:
+    """Per-channel config values as a JSON-friendly list of ``count`` floats (``default``
+    everywhere when ``values`` is None); ``ValueError`` naming ``name`` on a length mismatch."""
+    if values is None:
+        return [default] * count
+    out = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    if len(out) != count:
+        raise ValueError(f"`{name}` must have {count} values (one per channel), got {len(out)}.")
+    return out
 
 
 def validate_spatial_dims(spatial_dims: int) -> int:

@@ -14,7 +14,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .layers import PaddedConv, ResidualBlock, group_norm, validate_spatial_dims
+from .layers import (
+    PaddedConv,
+    ResidualBlock,
+    channel_values,
+    group_norm,
+    validate_spatial_dims,
+)
 
 __all__ = ["ObservationEncoder", "ObservationEncoderOutput", "fuse_gaussians"]
 
@@ -116,14 +122,7 @@ def _modality_spec(name: Any, spec: Any) -> tuple[int, list[float], list[float]]
         raise ValueError(f"`modalities[{name!r}]['in_channels']` must be >= 1, got {c}.")
     stats = []
     for key, default in (("input_mean", 0.0), ("input_std", 1.0)):
-        val = spec.get(key)
-        vals = [default] * c if val is None else [float(v) for v in val]
-        if len(vals) != c:
-            raise ValueError(
-                f"`modalities[{name!r}][{key!r}]` must have in_channels={c} values, "
-                f"got {len(vals)}."
-            )
-        stats.append(vals)
+        stats.append(channel_values(spec.get(key), c, f"modalities[{name!r}][{key!r}]", default))
     if any(s <= 0 for s in stats[1]):
         raise ValueError(f"`modalities[{name!r}]['input_std']` must be positive, got {stats[1]}.")
     return c, stats[0], stats[1]

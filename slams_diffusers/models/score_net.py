@@ -17,6 +17,7 @@ from .layers import (
     PaddedConv,
     ResidualBlock,
     Upsample,
+    channel_values,
     group_norm,
     sinusoidal_embedding,
     validate_spatial_dims,
@@ -82,12 +83,7 @@ class ScoreNet(ModelMixin, ConfigMixin):
             raise ValueError("`hidden_channels` must have at least one entry.")
         for key, val in (("level_mean", level_mean), ("level_std", level_std)):
             if val is not None:
-                vals = [float(v) for v in (val.tolist() if hasattr(val, "tolist") else val)]
-                if len(vals) != in_channels:
-                    raise ValueError(
-                        f"`{key}` must have in_channels={in_channels} values, got {len(vals)}."
-                    )
-                self.register_to_config(**{key: vals})
+                self.register_to_config(**{key: channel_values(val, in_channels, key, 0.0)})
 
         sd, per, temb = spatial_dims, periodic, time_embedding_dim
         self.time_mlp = nn.Sequential(nn.Linear(hidden[0], temb), nn.SiLU(), nn.Linear(temb, temb))

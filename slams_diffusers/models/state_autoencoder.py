@@ -19,6 +19,7 @@ from .layers import (
     PaddedConv,
     ResidualBlock,
     Upsample,
+    channel_values,
     group_norm,
     validate_spatial_dims,
 )
@@ -33,17 +34,6 @@ class StateAutoencoderOutput(BaseOutput):
 
     sample: torch.Tensor
     latent: torch.Tensor
-
-
-def _level_stats(
-    values: Sequence[float] | None, levels: int, name: str, default: float
-) -> list[float]:
-    if values is None:
-        return [default] * levels
-    out = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
-    if len(out) != levels:
-        raise ValueError(f"`{name}` must have one value per level ({levels}), got {len(out)}.")
-    return out
 
 
 class StateAutoencoder(ModelMixin, ConfigMixin):
@@ -104,8 +94,8 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
             raise ValueError(f"`layers_per_block` must be >= 1, got {layers_per_block}.")
         if scaling_factor == 0:
             raise ValueError("`scaling_factor` must be non-zero.")
-        mean = _level_stats(level_mean, levels, "level_mean", 0.0)
-        std = _level_stats(level_std, levels, "level_std", 1.0)
+        mean = channel_values(level_mean, levels, "level_mean", 0.0)
+        std = channel_values(level_std, levels, "level_std", 1.0)
         if any(s <= 0 for s in std):
             raise ValueError(f"`level_std` must be positive, got {std}.")
         # keep the config JSON-friendly whatever sequence type was passed
