@@ -12,7 +12,12 @@ from slams_diffusers.data.observing import (
     station_network,
     station_positions,
 )
-from slams_diffusers.observations import Gridded, Satellite, Stations
+from slams_diffusers.observations import (
+    Gridded,
+    Satellite,
+    Stations,
+    gaussian_weighting_functions,
+)
 
 PRESSURES = [850.0, 700.0, 500.0, 300.0, 200.0]
 P = PRESSURES
@@ -341,6 +346,30 @@ def test_random_observations_modality_control_and_1d():
     truth1 = _testbed((128,))
     obs = random_observations(truth1, _gen(0), model_pressures=PRESSURES, min_modalities=3)
     assert [o.spatial_dims for o in obs] == [1, 1, 1]
+
+
+def test_random_observations_fixed_satellite_instrument():
+    """With ``satellite_peaks`` every satellite draw has those channels (a fixed encoder input)."""
+    truth = _testbed()
+    peaks = [700.0, 500.0, 300.0]
+    expected = gaussian_weighting_functions(torch.tensor(PRESSURES), torch.tensor(peaks), 0.5)
+    footprints = set()
+    for seed in range(8):
+        obs = random_observations(
+            truth,
+            _gen(seed),
+            modalities=("satellite",),
+            model_pressures=PRESSURES,
+            satellite_peaks=peaks,
+            satellite_width=(0.5, 0.5),
+        )
+        (sat,) = obs
+        assert sat.values.shape[0] == 3
+        torch.testing.assert_close(sat.weights, expected.to(sat.weights.dtype))
+        footprints.add(sat.footprint)
+    assert len(footprints) > 1  # the rest of the degradation still varies
+    with pytest.raises(ValueError, match="satellite_peaks"):
+        random_observations(truth, _gen(0), satellite_peaks=[])
 
 
 # ----------------------------------------------------------------------------- errors

@@ -595,6 +595,7 @@ def random_observations(
     station_spread: tuple[float, float] = (1.0, 8.0),
     missing_fraction: tuple[float, float] = (0.0, 0.3),
     satellite_channels_count: tuple[int, int] = (1, 4),
+    satellite_peaks: Sequence[float] | None = None,
     satellite_width: tuple[float, float] = (0.3, 0.7),
     satellite_footprints: Sequence[int] = (1, 2, 4, 8),
     satellite_noise: tuple[float, float] = (0.3, 2.0),
@@ -692,6 +693,14 @@ def random_observations(
     if missing[1] > 1:
         raise ValueError(f"missing_fraction: expected bounds in [0, 1], got {missing}")
     n_ch = _int_range(satellite_channels_count, "satellite_channels_count", minimum=1)
+    fixed_peaks = None
+    if satellite_peaks is not None:
+        fixed_peaks = [float(p) for p in torch.as_tensor(satellite_peaks).reshape(-1)]
+        if not fixed_peaks or not all(p > 0 and math.isfinite(p) for p in fixed_peaks):
+            raise ValueError(
+                "satellite_peaks: expected a non-empty list of positive pressures or None, "
+                f"got {satellite_peaks!r}"
+            )
     widths = _range(satellite_width, "satellite_width", minimum=0.0, positive=True)
     foots = _choices(satellite_footprints, "satellite_footprints")
     sat_noise = _range(satellite_noise, "satellite_noise", minimum=0.0, positive=True)
@@ -747,9 +756,12 @@ def random_observations(
                 )
             )
         elif mod == "satellite":
-            c = _randint(*n_ch, generator, dev)
-            lo, hi = float(mp.min()), float(mp.max())
-            peaks = [_log_uniform(lo, hi, generator, dev) for _ in range(c)]
+            if fixed_peaks is None:
+                c = _randint(*n_ch, generator, dev)
+                lo, hi = float(mp.min()), float(mp.max())
+                peaks = [_log_uniform(lo, hi, generator, dev) for _ in range(c)]
+            else:
+                peaks = fixed_peaks
             width = _uniform(*widths, generator, dev)
             r = _pick(divisors(foots), generator, dev)
             noise = _log_uniform(*sat_noise, generator, dev)
