@@ -19,13 +19,18 @@ from huggingface_hub import ModelCard, ModelCardData
 __all__ = [
     "CARD_TAGS",
     "FORBIDDEN_WEIGHT_SUFFIXES",
+    "CARD_INPUTS",
     "model_card",
+    "pipeline_card",
     "push_folder_to_hub",
     "save_model_card",
 ]
 
 CARD_TAGS = ["diffusers", "data-assimilation", "weather", "slams"]
 FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pkl", ".pickle")
+#: File in a pipeline folder holding the arguments of :func:`model_card` (JSON), so the card
+#: can be rebuilt when evaluation results arrive.
+CARD_INPUTS = "model_card.json"
 
 DEFAULT_INTENDED_USE = (
     "Research on score-based data assimilation: sampling ensembles of atmospheric states "
@@ -177,6 +182,32 @@ def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def pipeline_card(
+    folder: str | os.PathLike,
+    *,
+    evaluation: Mapping[str, Any] | None = None,
+    **card_inputs: Any,
+) -> ModelCard:
+    """Write the model card of a saved pipeline folder as ``README.md`` and return it.
+
+    The :func:`model_card` arguments are kept in ``folder/model_card.json``: ``card_inputs``
+    (``repo_id``, ``base_description``, ``datasets``, ``training``, ...) update them, and
+    ``evaluation`` replaces the stored evaluation results, so a card written at the end of
+    training gains its evaluation table later without losing the training record.
+    """
+    folder = Path(folder)
+    path = folder / CARD_INPUTS
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored.update(card_inputs)
+    if evaluation is not None:
+        stored["evaluation"] = evaluation
+    stored = json.loads(json.dumps(stored, default=str))
+    card = model_card(**{"repo_id": None, **stored})
+    save_model_card(card, folder)
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+    return card
 
 
 def _check_upload_folder(folder: Path) -> None:

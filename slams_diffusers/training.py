@@ -1,0 +1,599 @@
+"""Building blocks of the training scripts (``training/train_autoencoder.py``,
+``training/train_score.py``): the losses, deterministic batch and noise streams, the YAML +
+flags configuration, checkpoints and the optimisation loop.
+
+Reproducibility: every random draw of optimisation step ``s`` (which windows, which noise, which
+degraded observations) comes from a generator seeded by ``(seed, stream, micro-step, process)``,
+so a run resumed from a checkpoint draws exactly what the uninterrupted run would have drawn and
+ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+import yaml
+from torch import Tensor, nn
+
+from .data.datasets import open_store, select_split
+from .models.state_autoencoder import StateAutoencoder
+from .observations import Observation
+
+__all__ = [
+    "add_training_arguments",
+    "parse_args",
+    "seeded_generator",
+    "batch_indices",
+    "reconstruction_loss",
+    "gaussian_nll",
+    "ObservationEncoderLoss",
+    "denoising_loss",
+    "TrainingProgress",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "optimise",
+    "load_training_data",
+    "machine_description",
+]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ------------------------------------------------------------------------- configuration
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both training scripts share (accelerate, optimiser, checkpoints, Hub)."""
+    add = parser.add_argument
+    add("--config", default=None, help="YAML file of option values (keys = option names)")
+    add("--data", default=None, help="zarr / netCDF store, or a `datasets` folder (save_to_disk)")
+    add("--variable", default=None, help="temperature variable of the store (default: guessed)")
+    add("--split", default="train", help="trajectories of this `split` (None: all)")
+    add("--output_dir", default=None, help="where checkpoints, logs and the result go")
+    add("--seed", type=int, default=0)
+    add("--train_batch_size", type=int, default=16, help="per process")
+    add("--learning_rate", type=float, default=1e-3)
+    add("--lr_scheduler", default="cosine", help="diffusers.optimization.get_scheduler name")
+    add("--lr_warmup_steps", type=int, default=100)
+    add("--adam_weight_decay", type=float, default=0.0)
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    add("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    add("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    add("--ema_decay", type=float, default=0.999)
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=3)
+    add("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    add("--logging_steps", type=int, default=10)
+    add("--report_to", default="tensorboard", help="tensorboard, all or none")
+    add("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None, help="ORG/NAME of the Hub repo")
+    add("--hub_private", action="store_true")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+    """Parse ``argv``: defaults < values of the ``--config`` YAML file < flags.
+
+    YAML keys are option names without dashes (``learning_rate: 3e-4``); an unknown key raises
+    ``ValueError`` naming it and the known ones.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        path = Path(known.config)
+        if not path.is_file():
+            raise ValueError(f"--config: no such file {str(path)!r}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"--config {str(path)!r}: expected a mapping of options, got "
+                f"{type(values).__name__}"
+            )
+        dests = {a.dest for a in parser._actions if a.dest != "help"}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            raise ValueError(
+                f"--config {str(path)!r}: unknown options {unknown}; expected among {sorted(dests)}"
+            )
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    for name in ("data", "output_dir"):
+        if getattr(args, name) is None:
+            raise ValueError(f"--{name} is required (as a flag or in the --config file)")
+    positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME")
+    if args.split in ("None", "none", ""):
+        args.split = None
+    return args
+
+
+def load_training_data(args: argparse.Namespace, split: str | None = None) -> xr.DataArray:
+    """The states of ``--data`` (``(trajectory?, time, level, *space)`` in K), one split.
+
+    A folder written by ``datasets.Dataset.save_to_disk`` (from
+    :func:`~slams_diffusers.data.datasets.to_hf_dataset`) is read with ``datasets``; anything
+    else with :func:`~slams_diffusers.data.datasets.open_store` (lazily).
+    """
+    path = Path(args.data)
+    if path.is_dir() and (path / "dataset_info.json").is_file():
+        import datasets
+
+        from .data.datasets import from_hf_dataset
+
+        data = from_hf_dataset(datasets.load_from_disk(str(path)))
+        if args.variable is not None:
+            data = data.rename(args.variable)
+        data = open_store(data)
+    else:
+        data = open_store(args.data, args.variable)
+    return select_split(data, split)
+
+
+def machine_description() -> str:
+    """One line: CPU/GPU, cores, torch version (for model cards and benchmark tables)."""
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    )
+    return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# ------------------------------------------------------------------------- random streams
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded by the tuple ``(seed, *keys)`` (via numpy's ``SeedSequence``)."""
+    state = np.random.SeedSequence([int(seed), *[int(k) for k in keys]]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_indices(
+    num_items: int,
+    batch_size: int,
+    micro_step: int,
+    seed: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> Tensor:
+    """This process's items of micro-batch ``micro_step``.
+
+    The items are visited as an endless sequence of seeded permutations of ``range(num_items)``
+    (one per epoch); micro-batch ``m`` is positions ``[m B P, (m + 1) B P)`` of it, and process
+    ``p`` takes ``[m B P + p B, m B P + (p + 1) B)`` (``B`` = ``batch_size``, ``P`` =
+    ``num_processes``). Every item is seen once per epoch across processes.
+    """
+    if num_items < 1:
+        raise ValueError(f"`num_items` must be >= 1, got {num_items}: no training data.")
+    position = (micro_step * num_processes + process_index) * batch_size
+    parts, left = [], batch_size
+    while left:
+        epoch, offset = divmod(position, num_items)
+        permutation = torch.randperm(num_items, generator=seeded_generator(seed, 0, epoch))
+        take = min(left, num_items - offset)
+        parts.append(permutation[offset : offset + take])
+        position, left = position + take, left - take
+    return torch.cat(parts)
+
+
+# ------------------------------------------------------------------------- losses
+def reconstruction_loss(autoencoder: nn.Module, states: Tensor) -> Tensor:
+    r"""Level-normalised reconstruction error of the state autoencoder.
+
+    .. math:: \mathcal{L} = \operatorname{mean}\big(((D(E(x)) - x) / s_l)^2\big),
+
+    ``x`` ``(B, T, levels, *space)`` in K, ``s_l`` the per-level std of the autoencoder's config.
+    ``autoencoder`` may be wrapped (DDP): it is called, not its methods.
+    """
+    reconstruction = autoencoder(states, return_dict=False)[0]
+    std = torch.as_tensor(
+        _unwrap(autoencoder).config.level_std, dtype=states.dtype, device=states.device
+    )
+    std = std.reshape(-1, *([1] * (states.ndim - 3)))
+    return ((reconstruction - states) / std).pow(2).mean()
+
+
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
+    r"""Mean Gaussian negative log-likelihood, without the constant:
+    :math:`\tfrac12 \operatorname{mean}\big(\log v + (z - \mu)^2 / v\big)`, ``v = exp(logvar)``."""
+    return 0.5 * (logvar + (target - mean).pow(2) * torch.exp(-logvar)).mean()
+
+
+@dataclass
+class EncoderBatch:
+    """Observations of one modality on one grid, stacked: ``values``, ``mask``
+    ``(n, C, *grid)``, and the latents ``targets`` ``(n, c, *latent)`` of their true states."""
+
+    modality: str
+    values: Tensor
+    mask: Tensor
+    targets: Tensor
+
+
+def encoder_batches(
+    observations: Sequence[Sequence[Observation]], latents: Tensor, modalities: Iterable[str]
+) -> list[EncoderBatch]:
+    """Group the observations of a batch of states by (modality, grid): one
+    :class:`EncoderBatch` per group. ``observations[b]`` are observations of state ``b`` whose
+    latent is ``latents[b]``; modalities not in ``modalities`` are skipped."""
+    known = set(modalities)
+    groups: dict[tuple[str, tuple[int, ...]], list[tuple[Tensor, Tensor, int]]] = {}
+    for b, items in enumerate(observations):
+        for observation in items:
+            if observation.modality not in known:
+                continue
+            values, mask = observation.to_grid()
+            groups.setdefault((observation.modality, tuple(values.shape)), []).append(
+                (values, mask, b)
+            )
+    batches = []
+    for (modality, _), members in sorted(groups.items()):
+        device, dtype = latents.device, latents.dtype
+        batches.append(
+            EncoderBatch(
+                modality,
+                torch.stack([v for v, _, _ in members]).to(device, dtype),
+                torch.stack([m for _, m, _ in members]).to(device, dtype),
+                latents[[b for _, _, b in members]],
+            )
+        )
+    return batches
+
+
+class ObservationEncoderLoss(nn.Module):
+    r"""Gaussian NLL of each modality encoder's latent against the true state's latent.
+
+    .. math:: \mathcal{L} = \frac{1}{N} \sum_{(m, y, z)} \mathrm{NLL}\big(z;\, \mu_m(y),
+              e^{\ell_m(y)}\big),
+
+    summed over the :class:`EncoderBatch` groups (weighted by their size, so every degraded
+    observation counts the same), ``z = E(x)`` the frozen autoencoder's latent. Each modality is
+    fitted alone, so its variance is calibrated for that modality; the pipeline fuses them.
+
+    A module so that DDP sees one forward per backward whatever the number of groups.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batches: Sequence[EncoderBatch]) -> Tensor:
+        if not batches:
+            raise ValueError("`batches` is empty: no observation of a known modality.")
+        total, count = 0.0, 0
+        for batch in batches:
+            latent_shape = tuple(batch.targets.shape[2:])
+            mean, logvar = self.encoder.encode_modality(
+                batch.modality, batch.values, batch.mask, latent_shape
+            )
+            total = total + gaussian_nll(mean, logvar, batch.targets) * batch.values.shape[0]
+            count += batch.values.shape[0]
+        return total / count
+
+
+def denoising_loss(score_model: nn.Module, scheduler: Any, clean: Tensor, generator) -> Tensor:
+    r"""The ε (denoising score matching) loss on windows ``clean`` ``(B, window, C, *space)``.
+
+    .. math:: \mathcal{L} = \operatorname{mean}\,\lVert \epsilon_\theta(\alpha_t z + \sigma_t
+              \epsilon, t) - \epsilon \rVert^2,\quad t \sim \mathcal{U}(0, 1),\ \epsilon \sim
+              \mathcal{N}(0, I),
+
+    ``alpha_t, sigma_t`` from ``scheduler.alpha_sigma`` (DESIGN §2). ``t`` and ``ε`` are drawn on
+    the CPU from ``generator`` (same draws on every device).
+    """
+    b = clean.shape[0]
+    t = torch.rand(b, generator=generator, dtype=torch.float32).to(clean.device)
+    noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
+    noise = noise.to(clean.device, clean.dtype)
+    noisy = scheduler.add_noise(clean, noise, t.to(clean.dtype))
+    prediction = score_model(noisy, t, return_dict=False)[0]
+    return (prediction.float() - noise.float()).pow(2).mean()
+
+
+# ------------------------------------------------------------------------- checkpoints
+class TrainingProgress:
+    """The optimisation step and run-level values a checkpoint must restore
+    (registered with ``accelerator.register_for_checkpointing``)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.values: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "values": dict(self.values)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.values = dict(state["values"])
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    if not path.is_dir() or not name.startswith(CHECKPOINT_PREFIX):
+        return None
+    suffix = name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (``output_dir/checkpoints/checkpoint-N``)."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(s, p) for p in folder.iterdir() if (s := _checkpoint_step(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint, or ``None``."""
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resume_path(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """``--resume_from_checkpoint``: ``None``, ``"latest"`` (``None`` when there is none yet) or
+    a checkpoint folder (``ValueError`` if missing)."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise ValueError(
+            f"--resume_from_checkpoint: no checkpoint folder {str(path)!r}; expected a folder "
+            f"written by save_state or 'latest' (found {[p.name for p in checkpoints(output_dir)]})"
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, total_limit: int
+) -> Path:
+    """``accelerator.save_state`` into ``checkpoints/.checkpoint-N.tmp``, then renamed to
+    ``checkpoint-N``: a run killed while writing never leaves a partial "latest" checkpoint.
+    Keeps the newest ``total_limit`` (``<= 0``: all)."""
+    folder = Path(output_dir) / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{step}"
+    partial = folder / f".{CHECKPOINT_PREFIX}{step}.tmp"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        if total_limit > 0:
+            for old in checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ------------------------------------------------------------------------- accelerator
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = False):
+    """One ``Accelerator`` for the run: mixed precision, accumulation, logging to
+    ``output_dir/logs`` with tensorboard when it is installed and asked for."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration
+
+    report_to = args.report_to
+    if report_to in ("tensorboard", "all") and not (
+        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    ):
+        report_to = None
+    if report_to == "none":
+        report_to = None
+    # `accelerate launch --multi_gpu` (torchrun: WORLD_SIZE, LOCAL_RANK) on a machine without
+    # GPUs: unless told `cpu`, accelerate makes every process an independent single-process run
+    # (all writing output_dir); with cpu=True they form one DDP group over gloo.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        cpu=world_size > 1 and not _has_accelerator_device(),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")
+        ),
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+        ],
+    )
+    if world_size > 1 and accelerator.num_processes != world_size:
+        raise RuntimeError(
+            f"launched as {world_size} processes (WORLD_SIZE) but accelerate runs "
+            f"{accelerator.num_processes}: they would train independently into the same output_dir"
+        )
+    if (
+        accelerator.num_processes == 1
+        and "MASTER_PORT" in os.environ
+        and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    ):
+        print(
+            "warning: `accelerate launch --cpu --num_processes N` starts ONE process (several "
+            "need --mpirun_hostfile); for N CPU processes use `accelerate launch --multi_gpu "
+            "--num_processes N` (CPU-only machines are detected)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return accelerator
+
+
+def _has_accelerator_device() -> bool:
+    """Whether torch sees a GPU-like device (``torch.accelerator``, else CUDA)."""
+    api = getattr(torch, "accelerator", None)
+    if api is not None and hasattr(api, "is_available"):
+        return bool(api.is_available())
+    return torch.cuda.is_available()
+
+
+def make_optimizer(args: argparse.Namespace, parameters, total_steps: int, num_processes: int):
+    """AdamW and the ``--lr_scheduler`` schedule (counted per process step, as accelerate steps
+    a prepared scheduler once per process)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay
+    )
+    schedule = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=total_steps * num_processes,
+    )
+    return optimizer, schedule
+
+
+def make_ema(model: nn.Module, args: argparse.Namespace):
+    """diffusers' ``EMAModel`` of ``model`` (``None`` without ``--use_ema``)."""
+    if not args.use_ema:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(
+        model.parameters(), decay=args.ema_decay, model_cls=type(model), model_config=model.config
+    )
+
+
+class MetricsLog:
+    """Losses to the accelerate trackers and, on the main process, to ``train_log.jsonl``
+    (appended across resumes; one JSON object per logged step)."""
+
+    def __init__(self, accelerator, args: argparse.Namespace, project: str) -> None:
+        self.accelerator = accelerator
+        self.path = Path(args.output_dir) / "train_log.jsonl"
+        if accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        if accelerator.log_with:
+            accelerator.init_trackers(project, config=config)
+
+    def __call__(self, step: int, values: Mapping[str, float]) -> None:
+        self.accelerator.log(dict(values), step=step)
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def optimise(
+    accelerator,
+    args: argparse.Namespace,
+    model: nn.Module,
+    optimizer,
+    lr_scheduler,
+    ema,
+    loss_fn: Callable[[int], Tensor],
+    progress: TrainingProgress,
+    stop: int,
+    log: MetricsLog,
+    items_per_micro_step: int,
+    phase: str,
+) -> None:
+    """Run optimisation steps ``progress.step .. stop - 1`` of ``model``.
+
+    Each step accumulates ``--gradient_accumulation_steps`` micro-steps of ``loss_fn(m)``
+    (``m`` the global micro-step index, the key of every random draw), clips the gradient norm,
+    steps the optimiser, the LR schedule and the EMA, logs the mean loss over processes every
+    ``--logging_steps`` and checkpoints every ``--checkpointing_steps`` (and at ``stop``).
+    """
+    from tqdm.auto import tqdm
+
+    accumulation = args.gradient_accumulation_steps
+    bar = tqdm(
+        total=stop,
+        initial=progress.step,
+        desc=phase,
+        disable=not (accelerator.is_local_main_process and args.progress_bar),
+    )
+    running, count, start = 0.0, 0, time.perf_counter()
+    while progress.step < stop:
+        step = progress.step
+        for micro in range(accumulation):
+            with accelerator.accumulate(model):
+                loss = loss_fn(step * accumulation + micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += accelerator.reduce(loss.detach().float(), "mean").item() / accumulation
+        count += 1
+        if ema is not None:
+            ema.step(_unwrap(model).parameters())
+        progress.step = step + 1
+        bar.update(1)
+        if progress.step % args.logging_steps == 0 or progress.step == stop:
+            elapsed = time.perf_counter() - start
+            items = count * accumulation * items_per_micro_step * accelerator.num_processes
+            values = {
+                f"{phase}/loss": running / count,
+                f"{phase}/lr": lr_scheduler.get_last_lr()[0],
+                f"{phase}/items_per_second": items / max(elapsed, 1e-9),
+            }
+            log(progress.step, values)
+            bar.set_postfix(loss=f"{running / count:.4g}")
+            running, count, start = 0.0, 0, time.perf_counter()
+        if progress.step % args.checkpointing_steps == 0 or progress.step == stop:
+            path = save_checkpoint(
+                accelerator, args.output_dir, progress.step, args.checkpoints_total_limit
+            )
+            if accelerator.is_main_process:
+                print(f"saved checkpoint {path}", flush=True)
+    bar.close()
+
+
+def final_weights(model: nn.Module, ema) -> nn.Module:
+    """The unwrapped model, with the EMA weights copied in when there is an EMA."""
+    model = _unwrap(model)
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    return model
+
+
+def run_record(args: argparse.Namespace, seconds: float, accelerator) -> dict[str, Any]:
+    """What a model card records about a run: the command, options, time and hardware."""
+    return {
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "options": {k: v for k, v in vars(args).items() if k not in ("hub_token",)},
+        "wall_time_minutes": round(seconds / 60, 2),
+        "processes": accelerator.num_processes,
+        "hardware": machine_description(),
+    }
+
+
+def latent_scaling_factor(autoencoder: StateAutoencoder, states: Tensor, batch: int = 64) -> float:
+    """``1 / std(E(x))`` over ``states`` ``(N, levels, *space)`` with the current
+    ``scaling_factor`` divided out: the value that gives the latent unit variance."""
+    current = float(autoencoder.config.scaling_factor)
+    with torch.no_grad():
+        latents = torch.cat(
+            [autoencoder.encode(states[i : i + batch, None]) for i in range(0, len(states), batch)]
+        )
+    std = float(latents.double().std()) / abs(current)
+    if not math.isfinite(std) or std <= 0:
+        raise ValueError(f"the autoencoder's latents have std {std}; cannot scale them")
+    return 1.0 / std

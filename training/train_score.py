@@ -1,0 +1,236 @@
+"""Stage 2 of SLAMS training: the score network on Markov-blanket windows of trajectories.
+
+    accelerate launch training/train_score.py --config training/configs/slams-qg-tiny.yaml
+
+With ``--autoencoder DIR`` (the output of ``train_autoencoder.py``) the training trajectories are
+encoded once with the frozen autoencoder and kept (the latent cache); without it the score net
+learns the level-normalised states themselves (pixel space: the SDA baseline). Windows of
+``--window = 2k + 1`` consecutive steps never cross trajectories; the loss is the ε loss. At the end
+the whole ``SLAMSPipeline`` is saved to ``OUTPUT_DIR/pipeline`` (EMA weights, statistics in the
+model configs, a model card as README.md, its inputs in model_card.json), then uploaded with
+``--push_to_hub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slams_diffusers import (
+    ObservationEncoder,
+    ScoreNet,
+    SLAMSPipeline,
+    StateAutoencoder,
+    VPPredictorCorrectorScheduler,
+)
+from slams_diffusers.data.datasets import LevelStatistics
+from slams_diffusers.hub import pipeline_card, push_folder_to_hub
+from slams_diffusers.training import (
+    MetricsLog,
+    TrainingProgress,
+    add_training_arguments,
+    batch_indices,
+    denoising_loss,
+    final_weights,
+    load_training_data,
+    make_accelerator,
+    make_ema,
+    make_optimizer,
+    optimise,
+    parse_args,
+    resume_path,
+    run_record,
+    seeded_generator,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_training_arguments(parser)
+    add = parser.add_argument
+    add(
+        "--autoencoder",
+        default=None,
+        help="stage-1 output folder (autoencoder/, observation_encoder/); none: pixel space",
+    )
+    add("--max_train_steps", type=int, default=4000)
+    add("--window", type=int, default=5, help="2k + 1 steps per training window")
+    add("--hidden_channels", type=int, nargs="+", default=[32, 64, 128])
+    add("--layers_per_block", type=int, default=2)
+    add("--time_embedding_dim", type=int, default=128)
+    add("--periodic", action=argparse.BooleanOptionalAction, default=True)
+    add("--schedule", default="cosine", choices=["cosine", "linear"])
+    add("--encode_batch_size", type=int, default=64, help="states per autoencoder call")
+    add("--dataset_name", default=None, help="dataset name or Hub id for the model card")
+    add("--description", default=None, help="model card description")
+    return parser
+
+
+def cache_trajectories(
+    data, autoencoder, stats: LevelStatistics, batch: int, device
+) -> torch.Tensor:
+    """The training trajectories in diffusion space, ``(N, T, C, *space)``: ``E(x)`` with an
+    autoencoder, else ``(x - mean_l) / std_l``. Read one trajectory at a time (lazy stores)."""
+    if "trajectory" not in data.dims:
+        data = data.expand_dims("trajectory")
+    view = (-1,) + (1,) * (data.ndim - 3)
+    mean = torch.tensor(stats.mean, dtype=torch.float32, device=device).reshape(view)
+    std = torch.tensor(stats.std, dtype=torch.float32, device=device).reshape(view)
+    cached = []
+    for i in range(data.sizes["trajectory"]):
+        values = np.asarray(data.isel(trajectory=i).values, dtype=np.float32)
+        states = torch.from_numpy(values).to(device)
+        if autoencoder is None:
+            cached.append((states - mean) / std)
+            continue
+        with torch.no_grad():
+            cached.append(
+                torch.cat(
+                    [
+                        autoencoder.encode(states[j : j + batch][None])[0]
+                        for j in range(0, len(states), batch)
+                    ]
+                )
+            )
+    return torch.stack(cached)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(build_parser(), argv)
+    started = time.perf_counter()
+    accelerator = make_accelerator(args)
+    torch.manual_seed(args.seed)
+
+    data = load_training_data(args, args.split)
+    autoencoder = encoder = None
+    if args.autoencoder is not None:
+        folder = Path(args.autoencoder)
+        autoencoder = StateAutoencoder.from_pretrained(folder / "autoencoder")
+        autoencoder.requires_grad_(False).eval().to(accelerator.device)
+        if (folder / "observation_encoder").is_dir():
+            encoder = ObservationEncoder.from_pretrained(folder / "observation_encoder")
+        stats = LevelStatistics(
+            list(autoencoder.config.level_mean), list(autoencoder.config.level_std)
+        )
+    else:
+        stats = LevelStatistics.compute(data)
+    cache = cache_trajectories(data, autoencoder, stats, args.encode_batch_size, accelerator.device)
+    num_trajectories, steps = cache.shape[:2]
+    if args.window > steps:
+        raise ValueError(f"--window {args.window} is longer than the trajectories ({steps} steps)")
+    per_trajectory = steps - args.window + 1
+    offsets = torch.arange(args.window, device=cache.device)
+
+    score_model = ScoreNet(
+        in_channels=cache.shape[2],
+        window=args.window,
+        spatial_dims=cache.ndim - 3,
+        hidden_channels=args.hidden_channels,
+        layers_per_block=args.layers_per_block,
+        periodic=args.periodic,
+        time_embedding_dim=args.time_embedding_dim,
+        **({} if autoencoder is not None else stats.as_config()),
+    )
+    scheduler = VPPredictorCorrectorScheduler(schedule=args.schedule)
+    ema = make_ema(score_model, args)
+    optimizer, lr_scheduler = make_optimizer(
+        args, score_model.parameters(), args.max_train_steps, accelerator.num_processes
+    )
+    score_model, optimizer, lr_scheduler = accelerator.prepare(score_model, optimizer, lr_scheduler)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    resume = resume_path(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    log = MetricsLog(accelerator, args, "train_score")
+    rank, processes = accelerator.process_index, accelerator.num_processes
+
+    def score_step(micro_step: int) -> torch.Tensor:
+        index = batch_indices(
+            num_trajectories * per_trajectory,
+            args.train_batch_size,
+            micro_step,
+            args.seed,
+            rank,
+            processes,
+        ).to(cache.device)
+        trajectory, start = index // per_trajectory, index % per_trajectory
+        windows = cache[trajectory[:, None], start[:, None] + offsets]
+        generator = seeded_generator(args.seed, 3, micro_step, rank)
+        return denoising_loss(score_model, scheduler, windows, generator)
+
+    optimise(
+        accelerator,
+        args,
+        score_model,
+        optimizer,
+        lr_scheduler,
+        ema,
+        score_step,
+        progress,
+        args.max_train_steps,
+        log,
+        args.train_batch_size,
+        "score",
+    )
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out = Path(args.output_dir) / "pipeline"
+        pipeline = SLAMSPipeline(
+            score_model=final_weights(score_model, ema),
+            scheduler=scheduler,
+            autoencoder=autoencoder,
+            observation_encoder=encoder,
+        )
+        training = {"score": run_record(args, time.perf_counter() - started, accelerator)}
+        stage1 = Path(args.autoencoder or "") / "autoencoder_training.json"
+        if args.autoencoder is not None and stage1.is_file():
+            training = {"autoencoder": json.loads(stage1.read_text()), **training}
+        pipeline.save_pretrained(out)
+        pipeline_card(
+            out,
+            repo_id=args.hub_model_id,
+            base_description=args.description or describe(pipeline, cache, args),
+            datasets=[args.dataset_name] if args.dataset_name else [],
+            training=training,
+        )
+        accelerator.print(f"saved the pipeline to {out}")
+        if args.push_to_hub:
+            url = push_folder_to_hub(out, args.hub_model_id, private=args.hub_private)
+            accelerator.print(f"uploaded to {url}")
+    accelerator.end_training()
+
+
+def describe(pipeline: SLAMSPipeline, cache: torch.Tensor, args: argparse.Namespace) -> str:
+    """Default model card description: the spaces, the window and the model sizes."""
+    sizes = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in (
+            ("score_model", pipeline.score_model),
+            ("autoencoder", pipeline.autoencoder),
+            ("observation_encoder", pipeline.observation_encoder),
+        )
+        if module is not None
+    }
+    space = "latent" if pipeline.autoencoder is not None else "pixel (SDA baseline)"
+    shape = "x".join(str(s) for s in cache.shape[2:])
+    counts = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sizes.items())
+    return (
+        f"SLAMS pipeline: score-based data assimilation in {space} space ({shape} per step), "
+        f"Markov-blanket window of {args.window} steps. Parameters: {counts}. "
+        f"Trained on {cache.shape[0]} trajectories of {cache.shape[1]} steps."
+    )
+
+
+if __name__ == "__main__":
+    main()
