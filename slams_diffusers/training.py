@@ -212,7 +212,11 @@ def reconstruction_loss(autoencoder: nn.Module, states: Tensor) -> Tensor:
 
 def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
     r"""Mean Gaussian negative log-likelihood, without the constant:
-    :math:`\tfrac12 \operatorname{mean}\big(\log v + (z - \mu)^2 / v\big)`, ``v = exp(logvar)``."""
+    :math:`\tfrac12 \operatorname{mean}\big(\log v + (z - \mu)^2 / v\big)`, ``v = exp(logvar)``,
+    in float32 at least (mixed-precision outputs are upcast)."""
+    mean, logvar, target = (
+        t.to(torch.promote_types(t.dtype, torch.float32)) for t in (mean, logvar, target)
+    )
     return 0.5 * (logvar + (target - mean).pow(2) * torch.exp(-logvar)).mean()
 
 
