@@ -4,7 +4,9 @@ For each test case (``slams_diffusers.data.testbed.assimilation_cases``: a 5-ste
 24-h forecast background, 64 stations and a 3-channel cloudy satellite at every step), assimilate
 with each pipeline and score the ensemble mean against the truth: RMSE of the analysis and of the
 background, ensemble spread, wall time. The background error std given to the pipelines is the
-per-level rms background error of the validation split (not the scored cases).
+per-level rms background error of the validation split (not the scored cases), times an inflation
+factor chosen per pipeline on the validation cases among ``--inflations`` (the background error is
+spatially correlated, a white ``sigma_b`` is overconfident).
 
     OMP_NUM_THREADS=2 python benchmarks/embedded_skill.py --data data/qg-default.zarr \
         --pipelines pipelines/slams-qg-tiny pipelines/sda-qg-tiny --update-cards
@@ -74,22 +76,37 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--corrections", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lead-hours", type=float, default=24.0)
+    parser.add_argument("--perturbation-std", type=float, default=1.5, help="K, of the forecast")
+    parser.add_argument("--inflations", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--validation-cases", type=int, default=3, help="used to pick inflation")
     parser.add_argument("--update-cards", action="store_true")
     parser.add_argument("--name", default="embedded_skill")
     args = parser.parse_args()
 
     dataset = xr.open_zarr(args.data)
-    sigma_b = background_error_std(
-        assimilation_cases(dataset, "val", 5, args.cases_per_trajectory, seed=1, observations=False)
+    setup = {"lead_hours": args.lead_hours, "perturbation_std": args.perturbation_std}
+    validation = assimilation_cases(dataset, "val", 5, args.cases_per_trajectory, seed=1, **setup)
+    sigma_b = background_error_std(validation)
+    validation = validation[: args.validation_cases]
+    cases = assimilation_cases(
+        dataset, "test", 5, args.cases_per_trajectory, seed=args.seed, **setup
     )
-    cases = assimilation_cases(dataset, "test", 5, args.cases_per_trajectory, seed=args.seed)
     background = sum(float(rmse(c.background, c.truth)) for c in cases) / len(cases)
     per_level_bg = torch.stack([rmse(c.background, c.truth, dims=(0, 2, 3)) for c in cases])
     rows, results = [], {}
     for folder in args.pipelines:
         pipe = SLAMSPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
-        result = evaluate(pipe, cases, sigma_b, args)
+        tuning = {}
+        if len(args.inflations) > 1:
+            for inflation in args.inflations:
+                scores = evaluate(pipe, validation, sigma_b * inflation, args)
+                tuning[inflation] = scores["analysis_rmse"]
+                print(f"{folder}: inflation {inflation}: validation RMSE {tuning[inflation]:.3f}")
+        inflation = min(tuning, key=tuning.get) if tuning else args.inflations[0]
+        result = evaluate(pipe, cases, sigma_b * inflation, args)
+        result.update(inflation=inflation, validation_rmse_by_inflation=tuning)
         name = Path(folder).name
         results[name] = result
         rows.append(
@@ -99,6 +116,7 @@ def main() -> None:
                 "background RMSE [K]": f"{background:.3f}",
                 "ratio": f"{result['analysis_rmse'] / background:.2f}",
                 "spread [K]": f"{result['spread']:.3f}",
+                "sigma_b inflation": inflation,
                 "s / case": f"{result['seconds_per_case']:.1f}",
             }
         )
@@ -108,6 +126,7 @@ def main() -> None:
         "steps": args.steps,
         "corrections": args.corrections,
         "likelihood_covariance": "tweedie",
+        **setup,
         "background_error_std": sigma_b.reshape(-1).tolist(),
         "background_rmse": background,
         "background_rmse_per_level": per_level_bg.mean(0).tolist(),
@@ -126,6 +145,7 @@ def main() -> None:
                 "analysis RMSE (ensemble mean) [K]": float(row["analysis RMSE [K]"]),
                 "background RMSE [K]": float(row["background RMSE [K]"]),
                 "ensemble spread [K]": float(row["spread [K]"]),
+                "background error std inflation (chosen on validation)": row["sigma_b inflation"],
                 "members / steps / corrections": f"{args.members} / {args.steps} / "
                 f"{args.corrections}",
                 "seconds per case (this machine)": float(row["s / case"]),
