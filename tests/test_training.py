@@ -67,7 +67,9 @@ SCORE_FLAGS = [
 
 # ------------------------------------------------------------------------- helpers
 def script_env(tmp: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    launcher = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = {k: v for k, v in env.items() if not k.startswith("ACCELERATE_")}
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     if tmp is not None:  # no user-wide accelerate default_config.yaml
@@ -75,15 +77,19 @@ def script_env(tmp: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_script(script: str, *args, processes: int = 1, tmp: Path | None = None) -> str:
-    """Run ``training/<script>`` (with ``accelerate launch`` over ``processes`` CPU processes);
-    return its output, failing with it when the exit status is not 0."""
+# `accelerate launch` flags for two CPU processes: --multi_gpu is torchrun, and
+# training.make_accelerator asks accelerate for cpu + gloo when there is no GPU. (`--cpu
+# --num_processes 2` starts ONE process: accelerate's CPU multi-process launch needs mpirun.)
+TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2"]
+
+
+def run_script(script: str, *args, launch: list[str] | None = None, tmp: Path | None = None):
+    """Run ``training/<script>``, under ``accelerate launch <launch flags>`` when given; return
+    its output, failing with it when the exit status is not 0."""
     command = [sys.executable, str(REPO / "training" / script), *map(str, args)]
-    if processes > 1:
+    if launch is not None:
         command = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--multi_gpu",  # torchrun; training.make_accelerator picks cpu + gloo without GPUs
-            "--num_processes", str(processes),
+            sys.executable, "-m", "accelerate.commands.launch", *launch,
             "--num_machines", "1",
             "--mixed_precision", "no",
             "--dynamo_backend", "no",
@@ -435,12 +441,16 @@ def assimilate(folder: Path, states: torch.Tensor):
     return pipe, out
 
 
-def test_latent_pipeline_end_to_end(stage1, stage2, test_states, train_statistics):
+def test_latent_pipeline_end_to_end(tiny_data, stage1, stage2, test_states, train_statistics):
     for name in ("autoencoder", "observation_encoder", "autoencoder_training.json"):
         assert (stage1 / name).exists()
     folder = stage2 / "pipeline"
     readme = check_pipeline_folder(folder, {"score_model", "autoencoder", "observation_encoder"})
-    assert "train_score.py --data" in readme and "--max_train_steps 8" in readme
+    command = " ".join(
+        ["train_score.py", "--data", str(tiny_data), "--autoencoder", str(stage1)]
+        + ["--output_dir", str(stage2), "--train_batch_size", "8", *SCORE_FLAGS]
+    )
+    assert command in readme
     assert "train_autoencoder.py --data" in readme  # the stage-1 record travels along
 
     pipe, _ = assimilate(folder, test_states)
@@ -452,17 +462,24 @@ def test_latent_pipeline_end_to_end(stage1, stage2, test_states, train_statistic
     gridded = pipe.observation_encoder.config.modalities["gridded"]
     assert gridded["input_mean"] == pytest.approx(train_statistics.mean, rel=1e-5)
     assert pipe.score_model.config.window == 3 and pipe.score_model.config.in_channels == 4
-    # the saved score model is the EMA of the last checkpoint's (same weights as the run's end)
+    # logged every 2 steps; a checkpoint every 4 steps and at the end
     assert set(read_log(stage2)) == {2, 4, 6, 8}
     assert [p.name for p in checkpoints(stage2)] == ["checkpoint-4", "checkpoint-8"]
 
 
 def test_pixel_pipeline_end_to_end(tiny_data, test_states, train_statistics, tmp_path):
-    run_script(
+    """Pixel space (no --autoencoder), launched with `accelerate launch --cpu --num_processes 2`:
+    that runs a single process (accelerate starts several CPU processes only through mpirun),
+    which the script warns about."""
+    stdout = run_script(
         "train_score.py",
         "--data", tiny_data, "--output_dir", tmp_path, "--train_batch_size", "4",
         *SCORE_FLAGS, "--max_train_steps", "4",
+        launch=["--cpu", "--num_processes", "2"], tmp=tmp_path,
     )  # fmt: skip
+    assert "warning: `accelerate launch --cpu --num_processes N` starts ONE process" in stdout
+    assert number_of_processes(latest_checkpoint(tmp_path)) == 1
+    assert stdout.count("saved the pipeline") == 1
     folder = tmp_path / "pipeline"
     assert not (folder / "autoencoder").exists()
     readme = check_pipeline_folder(folder, {"score_model"})
@@ -552,7 +569,7 @@ def test_score_training_two_processes_matches_one(tiny_data, stage1, stage2, tmp
         "train_score.py",
         "--data", tiny_data, "--autoencoder", stage1, "--output_dir", tmp_path,
         "--train_batch_size", "4", *SCORE_FLAGS,
-        processes=2, tmp=tmp_path,
+        launch=TWO_PROCESSES, tmp=tmp_path,
     )  # fmt: skip
     assert number_of_processes(latest_checkpoint(tmp_path)) == 2
     assert number_of_processes(latest_checkpoint(stage2)) == 1
@@ -576,7 +593,7 @@ def test_stage1_two_processes(tiny_data, stage1, tmp_path):
     run_script(
         "train_autoencoder.py",
         "--data", tiny_data, "--output_dir", tmp_path, "--train_batch_size", "2", *STAGE1_FLAGS,
-        processes=2, tmp=tmp_path,
+        launch=TWO_PROCESSES, tmp=tmp_path,
     )  # fmt: skip
     assert number_of_processes(latest_checkpoint(tmp_path)) == 2
     for name in ("autoencoder", "observation_encoder"):

@@ -1,6 +1,6 @@
 """Stage 1 of SLAMS training: the state autoencoder, then the observation encoders.
 
-    accelerate launch training/train_autoencoder.py --config training/configs/slams-qg-tiny.yaml
+    accelerate launch training/train_autoencoder.py --config training/configs/qg-tiny-autoencoder.yaml
 
 Phase ``autoencoder`` (``--autoencoder_steps``): ``StateAutoencoder`` on single states with the
 level-normalised reconstruction loss. Then the EMA weights are frozen and ``scaling_factor`` is set

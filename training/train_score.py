@@ -1,6 +1,6 @@
 """Stage 2 of SLAMS training: the score network on Markov-blanket windows of trajectories.
 
-    accelerate launch training/train_score.py --config training/configs/slams-qg-tiny.yaml
+    accelerate launch training/train_score.py --config training/configs/qg-tiny-score.yaml
 
 With ``--autoencoder DIR`` (the output of ``train_autoencoder.py``) the training trajectories are
 encoded once with the frozen autoencoder and kept (the latent cache); without it the score net
