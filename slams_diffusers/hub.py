@@ -184,6 +184,11 @@ def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     return path
 
 
+def _plain(value: Any) -> Any:
+    """JSON fallback: numpy / torch scalars and arrays as numbers and lists, else ``str``."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def pipeline_card(
     folder: str | os.PathLike,
     *,
@@ -203,7 +208,7 @@ def pipeline_card(
     stored.update(card_inputs)
     if evaluation is not None:
         stored["evaluation"] = evaluation
-    stored = json.loads(json.dumps(stored, default=str))
+    stored = json.loads(json.dumps(stored, default=_plain))
     card = model_card(**{"repo_id": None, **stored})
     save_model_card(card, folder)
     path.write_text(json.dumps(stored, indent=2) + "\n")

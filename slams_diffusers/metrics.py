@@ -17,8 +17,7 @@ def rmse(estimate: Tensor, truth: Tensor, dims: Sequence[int] | None = None) -> 
             f"`estimate` {tuple(estimate.shape)} and `truth` {tuple(truth.shape)} must have the "
             "same shape"
         )
-    error = (estimate.double() - truth.double()).pow(2)
-    return (error.mean() if dims is None else error.mean(dim=tuple(dims))).sqrt()
+    return _mean(((estimate.double() - truth.double()).pow(2)), dims).sqrt()
 
 
 def ensemble_spread(members: Tensor, dims: Sequence[int] | None = None) -> Tensor:
@@ -27,5 +26,12 @@ def ensemble_spread(members: Tensor, dims: Sequence[int] | None = None) -> Tenso
     all). Comparable with :func:`rmse` of the ensemble mean (spread-skill)."""
     if members.shape[0] < 2:
         raise ValueError(f"`members` needs at least 2 members on axis 0, got {members.shape[0]}")
-    variance = members.double().var(dim=0)
-    return (variance.mean() if dims is None else variance.mean(dim=tuple(dims))).sqrt()
+    return _mean(members.double().var(dim=0), dims).sqrt()
+
+
+def _mean(values: Tensor, dims: Sequence[int] | None) -> Tensor:
+    """Mean over ``dims`` (``None``: all; ``()``: none, unlike ``torch.mean``)."""
+    if dims is None:
+        return values.mean()
+    dims = tuple(dims)
+    return values.mean(dim=dims) if dims else values

@@ -1,12 +1,14 @@
 """Hub helpers, offline: model cards and push_folder_to_hub with a fake HfApi."""
 
+import json
+
 import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
 from slams_diffusers import ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
-from slams_diffusers.hub import model_card, push_folder_to_hub, save_model_card
+from slams_diffusers.hub import model_card, pipeline_card, push_folder_to_hub, save_model_card
 
 REPO = "slams/tiny-qg-latent"
 
@@ -160,3 +162,108 @@ def test_pipeline_save_pretrained_writes_the_model_card(tmp_path):
     loaded = ModelCard.load(tmp_path / "README.md")
     assert 'SLAMSPipeline.from_pretrained("org/slams-tiny")' in loaded.text
     assert "data-assimilation" in loaded.data.tags
+
+
+def test_pipeline_card_writes_readme_and_inputs(tmp_path):
+    import json
+
+    from slams_diffusers.hub import CARD_INPUTS
+
+    training = {"steps": 1000, "lr": 3e-4, "hidden_channels": (8, 16), "seed": None}
+    card = pipeline_card(
+        tmp_path,
+        repo_id=REPO,
+        base_description="A tiny pixel-space SLAMS pipeline.",
+        datasets=["slams/qg-2layer"],
+        training=training,
+    )
+    assert CARD_INPUTS == "model_card.json"
+    readme, inputs = tmp_path / "README.md", tmp_path / CARD_INPUTS
+    assert readme.is_file() and inputs.is_file()
+    assert ModelCard.load(readme).text == card.text
+    stored = json.loads(inputs.read_text())
+    assert stored == {
+        "repo_id": REPO,
+        "base_description": "A tiny pixel-space SLAMS pipeline.",
+        "datasets": ["slams/qg-2layer"],
+        "training": {"steps": 1000, "lr": 3e-4, "hidden_channels": [8, 16], "seed": None},
+    }
+    text = str(card)
+    assert f'SLAMSPipeline.from_pretrained("{REPO}")' in text
+    assert "steps: 1000" in text and "lr: 0.0003" in text
+    assert "## Evaluation results" not in text
+    assert card.data.datasets == ["slams/qg-2layer"]
+
+
+def test_pipeline_card_adds_evaluation_and_keeps_the_training_record(tmp_path):
+    import json
+
+    from slams_diffusers.hub import CARD_INPUTS
+
+    pipeline_card(
+        tmp_path,
+        repo_id=None,
+        base_description="Trained on the QG testbed.",
+        training={"score": {"steps": 200, "lr": 1e-3}},
+    )
+    first = json.loads((tmp_path / CARD_INPUTS).read_text())
+    evaluation = {
+        "analysis RMSE (ensemble mean) [K]": 0.61234567,
+        "background RMSE [K]": 1.4,
+        "test cases": 12,
+        "members / steps / corrections": "8 / 32 / 1",
+    }
+    card = pipeline_card(tmp_path, evaluation=evaluation)
+    stored = json.loads((tmp_path / CARD_INPUTS).read_text())
+    assert stored == {**first, "evaluation": evaluation}  # exact round trip of the values
+    assert type(stored["evaluation"]["test cases"]) is int
+    assert stored["evaluation"]["analysis RMSE (ensemble mean) [K]"] == 0.61234567
+    text = (tmp_path / "README.md").read_text()
+    assert text == str(card)
+    assert "Trained on the QG testbed." in text
+    assert 'from_pretrained("path/to/pipeline")' in text  # repo_id=None kept
+    assert "score:" in text and "steps: 200" in text and "lr: 0.001" in text
+    assert "## Evaluation results" in text and "| Metric | Value |" in text
+    for cell in (
+        "| analysis RMSE (ensemble mean) [K] | 0.6123 |",
+        "| background RMSE [K] | 1.4 |",
+        "| test cases | 12 |",
+        "| members / steps / corrections | 8 / 32 / 1 |",
+    ):
+        assert cell in text
+    # a new evaluation replaces the old one; new card inputs update the stored ones
+    pipeline_card(tmp_path, evaluation={"rmse": 0.5}, base_description="Retrained.")
+    stored = json.loads((tmp_path / CARD_INPUTS).read_text())
+    assert stored["evaluation"] == {"rmse": 0.5}
+    assert stored["base_description"] == "Retrained."
+    assert stored["training"] == first["training"]
+    text = (tmp_path / "README.md").read_text()
+    assert "| rmse | 0.5 |" in text and "analysis RMSE" not in text and "steps: 200" in text
+
+
+def test_pipeline_card_next_to_a_saved_pipeline(pipeline_folder, tmp_path):
+    import shutil
+
+    from slams_diffusers.hub import pipeline_card
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(pipeline_folder, folder)
+    pipeline_card(folder, repo_id=REPO, base_description="d", evaluation={"crps": 0.25})
+    assert (folder / "model_index.json").is_file()
+    loaded = ModelCard.load(folder / "README.md")
+    assert "data-assimilation" in loaded.data.tags and "| crps | 0.25 |" in loaded.text
+    reloaded = SLAMSPipeline.from_pretrained(folder)
+    assert isinstance(reloaded.score_model, ScoreNet)
+
+
+def test_pipeline_card_keeps_numpy_and_torch_numbers(tmp_path):
+    import numpy as np
+    import torch
+
+    pipeline_card(
+        tmp_path,
+        base_description="d",
+        evaluation={"rmse": np.float32(0.5), "per_level": torch.tensor([1.0, 2.0])},
+    )
+    stored = json.loads((tmp_path / "model_card.json").read_text())
+    assert stored["evaluation"] == {"rmse": 0.5, "per_level": [1.0, 2.0]}

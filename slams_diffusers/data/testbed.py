@@ -155,12 +155,11 @@ def assimilation_cases(
         q0 = torch.from_numpy(np.asarray(member["q"].isel(time=starts).values))
         if not torch.isfinite(q0).all():
             raise ValueError(f"`dataset` has no PV for the {split!r} trajectories")
-        q = model.run(model.perturb(q0, perturbation_std, generator), lead)
-        frames = [model.temperature(q)]
-        for _ in range(window - 1):
-            q = model.run(q, interval)
-            frames.append(model.temperature(q))
-        backgrounds = torch.stack(frames, dim=1).float()  # (starts, T, levels, y, x)
+        q = model.perturb(q0, perturbation_std, generator)
+        # one continuous run (a restart would reset the AB3 history), PV every snapshot
+        states = [q, *model.iterate(q, lead + (window - 1) * interval, every=interval)]
+        frames = states[lead // interval : lead // interval + window]
+        backgrounds = torch.stack([model.temperature(f) for f in frames], dim=1).float()
         for i, start in enumerate(starts):
             first = start + int(lead_snapshots)
             truth = torch.from_numpy(
