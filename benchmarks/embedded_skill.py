@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lead-hours", type=float, default=24.0)
     parser.add_argument("--perturbation-std", type=float, default=1.5, help="K, of the forecast")
+    parser.add_argument("--test-cases", type=int, default=None, help="score only the first N")
     parser.add_argument("--inflations", type=float, nargs="+", default=[1.0])
     parser.add_argument("--validation-cases", type=int, default=3, help="used to pick inflation")
     parser.add_argument("--update-cards", action="store_true")
@@ -91,7 +92,7 @@ def main() -> None:
     validation = validation[: args.validation_cases]
     cases = assimilation_cases(
         dataset, "test", 5, args.cases_per_trajectory, seed=args.seed, **setup
-    )
+    )[: args.test_cases]
     background = sum(float(rmse(c.background, c.truth)) for c in cases) / len(cases)
     per_level_bg = torch.stack([rmse(c.background, c.truth, dims=(0, 2, 3)) for c in cases])
     rows, results = [], {}
