@@ -146,7 +146,8 @@ def main() -> None:
                 "analysis RMSE (ensemble mean) [K]": float(row["analysis RMSE [K]"]),
                 "background RMSE [K]": float(row["background RMSE [K]"]),
                 "ensemble spread [K]": float(row["spread [K]"]),
-                "background error std inflation (chosen on validation)": row["sigma_b inflation"],
+                "background error std inflation": row["sigma_b inflation"],
+                "inflation chosen on validation cases": len(args.inflations) > 1,
                 "members / steps / corrections": f"{args.members} / {args.steps} / "
                 f"{args.corrections}",
                 "seconds per case (this machine)": float(row["s / case"]),

@@ -32,11 +32,16 @@ DESCRIPTIONS = {
     "sda-qg-tiny": (
         "Pixel-space twin of slams-qg-tiny (the SDA baseline): the same score-net options on "
         "the level-normalised 5x64x64 state, no autoencoder, observations through their "
-        "operators. 500 optimisation steps of 16 windows (a pixel step costs about 25x a "
-        "latent one here), 29 min of CPU on 1 thread, against 47 min for both stages of "
-        f"slams-qg-tiny. Trained on the CPU of a 2-core x86_64 VM on {DATA}, with\n\n"
+        "operators. 500 optimisation steps of 16 windows (a pixel step costs about 10x a "
+        "latent one, benchmarks/results/training_speed.md), 29 min of CPU on 1 thread, against "
+        "47 min for both stages of slams-qg-tiny. Trained on the CPU of a 2-core x86_64 VM on "
+        f"{DATA}, with\n\n"
         f"    {LAUNCH} training/train_score.py --config training/configs/qg-tiny-sda.yaml "
-        "--logging_steps 10"
+        "--logging_steps 10\n\n"
+        "Evaluated on fewer cases and steps than slams-qg-tiny (2 test cases, 16 steps; a case "
+        "takes 259 s on this CPU), with slams-qg-tiny's background-error inflation (not tuned). "
+        "Undertrained: its prior is far from the data (spread 7 K), so it does not beat the "
+        "background; it is the baseline for the benchmark issue, not a usable model."
     ),
 }
 

@@ -103,7 +103,7 @@ def test_demo_status_follows_the_scores(
         (case,) = captured_cases
         assert torch.equal(background, case.background) and observations is case.observations
         assert kwargs["num_inference_steps"] == 2 and kwargs["output_type"] == "pt"
-        assert kwargs["background_error_std"] == 1.0 and len(generator) == num_members == 2
+        assert kwargs["background_error_std"] == 0.6 and len(generator) == num_members == 2
         noise = torch.randn(num_members, *case.truth.shape, generator=generator[0])
         members = case.truth + offset + 0.1 * noise
         return AssimilationOutput(members, members.mean(0), members.std(0), members)
