@@ -605,3 +605,31 @@ def test_stage1_two_processes(tiny_data, stage1, tmp_path):
         assert double[step][f"{phase}/lr"] == pytest.approx(row[f"{phase}/lr"], abs=1e-12)
         rel = 1e-4 if phase == "autoencoder" else 0.15
         assert double[step][f"{phase}/loss"] == pytest.approx(row[f"{phase}/loss"], rel=rel)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--train_batch_size", "4", "--gradient_accumulation_steps", "2"],
+        ["--train_batch_size", "8", "--mixed_precision", "bf16"],
+    ],
+    ids=["accumulation", "bf16"],
+)
+def test_score_training_accumulation_and_bf16_match_the_reference(
+    tiny_data, stage1, stage2, tmp_path, flags
+):
+    """Two micro-batches of 4 per step (same items as one batch of 8, other noise draws), or
+    bfloat16 autocast: the same optimiser steps and LR schedule, and a loss curve close to the
+    one-process batch-8 float32 reference."""
+    out = tmp_path / "run"
+    run_script(
+        "train_score.py",
+        "--data", tiny_data, "--autoencoder", stage1, "--output_dir", out, *SCORE_FLAGS, *flags,
+    )  # fmt: skip
+    reference, run = read_log(stage2), read_log(out)
+    assert run.keys() == reference.keys()
+    for step, row in run.items():
+        assert row["score/lr"] == reference[step]["score/lr"]
+        assert math.isfinite(row["score/loss"])
+        assert abs(row["score/loss"] / reference[step]["score/loss"] - 1) < 0.15, (step, row)
+    assert (out / "pipeline" / "score_model" / "diffusion_pytorch_model.safetensors").is_file()
