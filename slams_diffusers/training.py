@@ -45,6 +45,7 @@ __all__ = [
     "denoising_loss",
     "TrainingProgress",
     "latest_checkpoint",
+    "restore_progress",
     "save_checkpoint",
     "optimise",
     "load_training_data",
@@ -343,6 +344,22 @@ def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [(s, p) for p in folder.iterdir() if (s := _checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
+
+
+def restore_progress(accelerator, args: argparse.Namespace, *emas) -> TrainingProgress:
+    """Register the run's progress and EMAs (``None`` skipped, moved to the device) for
+    checkpointing, then load ``--resume_from_checkpoint`` if given: the progress to continue."""
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    for ema in emas:
+        if ema is not None:
+            ema.to(accelerator.device)
+            accelerator.register_for_checkpointing(ema)
+    resume = resume_path(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    return progress
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

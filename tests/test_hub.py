@@ -2,7 +2,6 @@
 
 import json
 
-import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -74,28 +73,6 @@ def test_model_card_bad_input(kwargs, name):
     args = {"repo_id": REPO, "base_description": "d", **kwargs}
     with pytest.raises(ValueError, match=name):
         model_card(**args)
-
-
-class FakeHfApi:
-    calls: list = []
-
-    def __init__(self, token=None):
-        FakeHfApi.calls.append(("init", {"token": token}))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        FakeHfApi.calls.append(("upload_folder", kwargs))
-        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
-
-
-@pytest.fixture
-def fake_api(monkeypatch):
-    FakeHfApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    return FakeHfApi
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 
 from slams_diffusers.data.qg import QGConfig, simulate_dataset, write_dataset
 
 REPO = Path(__file__).parents[1]
-
-
-class FakeHfApi:
-    """Records the calls ``push_folder_to_hub`` makes instead of reaching the Hub."""
-
-    calls: list = []
-
-    def __init__(self, token=None):
-        FakeHfApi.calls.append(("init", {"token": token}))
-
-    def create_repo(self, repo_id, **kwargs):
-        FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-
-    def upload_folder(self, **kwargs):
-        FakeHfApi.calls.append(("upload_folder", kwargs))
-        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
 
 
 def _load_script(name: str):
@@ -35,13 +18,11 @@ def _load_script(name: str):
     return module
 
 
-def test_train_score_pushes_the_pipeline_folder(tmp_path, monkeypatch):
+def test_train_score_pushes_the_pipeline_folder(tmp_path, fake_api):
     data = simulate_dataset(
         trajectories=2, steps=6, config=QGConfig(nx=16), spinup=10, interval=2, splits=(0.5, 0.5)
     )
     store = write_dataset(data, str(tmp_path / "tiny.zarr"))
-    FakeHfApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     train_score = _load_script("train_score")
     output = tmp_path / "run"
     flags = ["--data", store, "--output_dir", str(output), "--max_train_steps", "1"]
@@ -51,7 +32,7 @@ def test_train_score_pushes_the_pipeline_folder(tmp_path, monkeypatch):
         train_score.main([*flags, "--push_to_hub"])
     train_score.main([*flags, "--push_to_hub", "--hub_model_id", "org/sda-test", "--hub_private"])
 
-    calls = dict(FakeHfApi.calls)
+    calls = dict(fake_api.calls)
     assert calls["create_repo"] == {"repo_id": "org/sda-test", "private": True, "exist_ok": True}
     upload = calls["upload_folder"]
     assert upload["repo_id"] == "org/sda-test"

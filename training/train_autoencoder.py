@@ -1,6 +1,7 @@
 """Stage 1 of SLAMS training: the state autoencoder, then the observation encoders.
 
-    accelerate launch training/train_autoencoder.py --config training/configs/qg-tiny-autoencoder.yaml
+    accelerate launch training/train_autoencoder.py \
+        --config training/configs/qg-tiny-autoencoder.yaml
 
 Phase ``autoencoder`` (``--autoencoder_steps``): ``StateAutoencoder`` on single states with the
 level-normalised reconstruction loss. Then the EMA weights are frozen and ``scaling_factor`` is set
@@ -30,7 +31,6 @@ from slams_diffusers.observations import gaussian_weighting_functions
 from slams_diffusers.training import (
     MetricsLog,
     ObservationEncoderLoss,
-    TrainingProgress,
     add_training_arguments,
     batch_indices,
     encoder_batches,
@@ -43,7 +43,7 @@ from slams_diffusers.training import (
     optimise,
     parse_args,
     reconstruction_loss,
-    resume_path,
+    restore_progress,
     run_record,
     seeded_generator,
 )
@@ -162,16 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     autoencoder, encoder_loss, ae_opt, ae_lr, enc_opt, enc_lr = accelerator.prepare(
         autoencoder, encoder_loss, ae_opt, ae_lr, enc_opt, enc_lr
     )
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    for ema in (ae_ema, encoder_ema):
-        if ema is not None:
-            ema.to(accelerator.device)
-            accelerator.register_for_checkpointing(ema)
-    resume = resume_path(args.resume_from_checkpoint, args.output_dir)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    progress = restore_progress(accelerator, args, ae_ema, encoder_ema)
     log = MetricsLog(accelerator, args, "train_autoencoder")
     rank = accelerator.process_index
     batch = args.train_batch_size

@@ -32,7 +32,6 @@ from slams_diffusers.data.datasets import LevelStatistics
 from slams_diffusers.hub import pipeline_card, push_folder_to_hub
 from slams_diffusers.training import (
     MetricsLog,
-    TrainingProgress,
     add_training_arguments,
     batch_indices,
     denoising_loss,
@@ -43,7 +42,7 @@ from slams_diffusers.training import (
     make_optimizer,
     optimise,
     parse_args,
-    resume_path,
+    restore_progress,
     run_record,
     seeded_generator,
 )
@@ -142,15 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         args, score_model.parameters(), args.max_train_steps, accelerator.num_processes
     )
     score_model, optimizer, lr_scheduler = accelerator.prepare(score_model, optimizer, lr_scheduler)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    resume = resume_path(args.resume_from_checkpoint, args.output_dir)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    progress = restore_progress(accelerator, args, ema)
     log = MetricsLog(accelerator, args, "train_score")
     rank, processes = accelerator.process_index, accelerator.num_processes
 
