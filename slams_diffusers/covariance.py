@@ -1,0 +1,667 @@
+r"""Background-error covariances ``B``: diagonal and spectral (homogeneous), estimated from samples.
+
+The background is ``x_b = x + e_b`` with ``e_b ~ N(0, B)`` (see docs/method.md §Background
+covariance). States are tensors ``(..., levels, *space)`` with ``space = (x,)`` or ``(y, x)`` on a
+periodic grid; every method acts on the trailing ``(levels, *space)`` dims and broadcasts over the
+leading ones. Both covariances are diagonal in a known orthonormal basis ``Q`` (the identity, or
+the unitary DFT followed by a ``levels × levels`` eigenbasis per wavenumber),
+
+    B = Q diag(λ) Q^H,   B^{1/2} = Q diag(λ^{1/2}) Q^H,   (B + s I)^{-1} = Q diag(1/(λ + s)) Q^H,
+
+so ``apply``, ``apply_sqrt`` and ``solve`` are exact (up to rounding) and differentiable torch ops.
+
+- :class:`DiagonalCovariance`: ``B = diag(std²)``, one std per cell.
+- :class:`SpectralCovariance`: homogeneous errors, ``B = F^H diag_k(C(k)) F`` with the unitary DFT
+  ``F`` over space and a real symmetric PSD ``levels × levels`` matrix ``C(k)`` per wavenumber
+  (isotropic by default: ``C`` depends on the shell ``round(|k|)`` only), the classical
+  assumption of variational DA (e.g. Berre 2000).
+- :func:`estimate_background_covariance` (from background/truth pairs) and :func:`nmc_covariance`
+  (the NMC method of Parrish & Derber 1992, from forecast differences).
+
+Both classes are ``diffusers`` models (``ModelMixin, ConfigMixin``): their numbers are float64
+buffers, so ``save_pretrained`` / ``from_pretrained`` round-trip them exactly through safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+import operator as _op
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import Tensor
+
+__all__ = [
+    "EIGENVALUE_FLOOR",
+    "BackgroundCovariance",
+    "DiagonalCovariance",
+    "SpectralCovariance",
+    "estimate_background_covariance",
+    "nmc_covariance",
+]
+
+EIGENVALUE_FLOOR = 1e-12
+"""``solve`` divides by ``max(λ + shift, EIGENVALUE_FLOOR · max(λ))`` (``EIGENVALUE_FLOOR`` itself
+when ``B = 0``): zero eigenvalues of ``B`` (e.g. a level or wavenumber without error) give a huge
+but finite ``B^{-1}``, never inf."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_int(x: Any, name: str, minimum: int) -> int:
+    if isinstance(x, bool):
+        raise ValueError(f"{name}: expected an int >= {minimum}, got a bool ({x})")
+    try:
+        v = _op.index(x)
+    except TypeError as e:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {x!r}") from e
+    if v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+    return v
+
+
+def _as_grid_shape(grid_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(_as_int(n, "grid_shape", 1) for n in grid_shape)
+    except TypeError as e:
+        raise ValueError(
+            f"grid_shape: expected a tuple of positive ints (x,) or (y, x), got {grid_shape!r}"
+        ) from e
+    if len(shape) not in (1, 2):
+        raise ValueError(
+            f"grid_shape: expected 1 or 2 spatial dimensions, (x,) or (y, x), got {grid_shape!r}"
+        )
+    return shape
+
+
+def _as_factor(factor: Any, name: str) -> float:
+    try:
+        value = float(factor)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name}: expected a positive finite number, got {factor!r}") from e
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value}")
+    return value
+
+
+def _as_shift(shift: Any, x: Tensor, state_dims: int) -> float | Tensor:
+    """A float, a 0-d tensor, or one shift per leading index: a tensor of ``x.ndim`` dims or fewer
+    whose trailing ``state_dims`` dims are 1, broadcastable to ``x``; all finite and ``>= 0``."""
+    if isinstance(shift, Tensor):
+        if shift.ndim > 0:
+            fits = shift.ndim <= x.ndim and all(n == 1 for n in shift.shape[-state_dims:])
+            try:
+                fits = fits and torch.broadcast_shapes(shift.shape, x.shape) == x.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"shift: expected a float, a 0-d tensor or one value per leading index of x "
+                    f"{tuple(x.shape)} (trailing (levels, *space) dims of size 1), got a tensor "
+                    f"of shape {tuple(shift.shape)}"
+                )
+        detached = shift.detach()
+        if not (bool(torch.isfinite(detached).all()) and bool((detached >= 0).all())):
+            raise ValueError(f"shift: expected finite values >= 0, got min {float(detached.min())}")
+        return shift.to(x.device)
+    try:
+        value = float(shift)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"shift: expected a float >= 0, got {shift!r}") from e
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"shift: expected a finite float >= 0, got {value}")
+    return value
+
+
+def _errors_tensor(errors: Any, name: str, spatial_dims: int | None) -> tuple[Tensor, int]:
+    """``(…, levels, *space)`` -> float64 ``(N, levels, *space)`` and the number of space dims.
+
+    With ``spatial_dims=None`` a 3-d tensor is read as ``(N, levels, x)`` and a tensor with 4 or
+    more dims as ``(…, levels, y, x)``.
+    """
+    e = torch.as_tensor(errors)
+    if not e.is_floating_point():
+        raise ValueError(f"{name}: expected a floating tensor, got dtype {e.dtype}")
+    if spatial_dims is None:
+        if e.ndim < 3:
+            raise ValueError(
+                f"{name}: expected shape (samples, levels, *space) with space (x,) or (y, x), "
+                f"got {tuple(e.shape)}"
+            )
+        spatial_dims = 1 if e.ndim == 3 else 2
+    if spatial_dims not in (1, 2):
+        raise ValueError(f"spatial_dims: expected 1 or 2 (or None to infer), got {spatial_dims}")
+    if e.ndim < spatial_dims + 2:
+        raise ValueError(
+            f"{name}: expected shape (samples, levels, *space) with {spatial_dims} space dims, "
+            f"got {tuple(e.shape)}"
+        )
+    if not bool(torch.isfinite(e).all()):
+        raise ValueError(f"{name}: contains NaN or inf; expected finite values")
+    return e.reshape(-1, *e.shape[e.ndim - spatial_dims - 1 :]).double(), spatial_dims
+
+
+def _negative_wavenumbers(x: Tensor, sd: int, first: int = 0) -> Tensor:
+    """``x`` at ``-k`` along dims ``first … first+sd-1`` (index ``n -> (-n) mod N``)."""
+    dims = tuple(range(first, first + sd))
+    return torch.roll(torch.flip(x, dims), shifts=(1,) * sd, dims=dims)
+
+
+# --------------------------------------------------------------------------- base
+
+
+class BackgroundCovariance(ModelMixin, ConfigMixin):
+    r"""Base of the background-error covariances ``B`` over states ``(..., levels, *space)``.
+
+    Subclasses are diagonal in an orthonormal basis and implement ``_map(x, f)`` = ``Q f(λ) Q^H x``
+    (with ``f`` acting on the eigenvalues), ``_max_eigenvalue``, ``variance`` and ``scaled``;
+    the rest follows. Config: ``levels``, ``grid_shape``.
+
+    Note: ``apply(fn)`` with a callable (not a tensor) is ``torch.nn.Module.apply`` (so that a
+    parent module's ``apply`` still recurses through this one).
+    """
+
+    def _init_shape(self, levels: int, grid_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        return _as_int(levels, "levels", 1), _as_grid_shape(grid_shape)
+
+    # -- shape --------------------------------------------------------------------
+
+    @property
+    def levels(self) -> int:
+        """Number of vertical levels."""
+        return int(self.config.levels)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Spatial shape ``(x,)`` or ``(y, x)``."""
+        return tuple(int(n) for n in self.config.grid_shape)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.grid_shape)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """``(levels, *grid_shape)``: the trailing dims every method acts on."""
+        return (self.levels, *self.grid_shape)
+
+    @property
+    def size(self) -> int:
+        """``levels · prod(grid_shape)``: the order of the matrix ``B``."""
+        return math.prod(self.state_shape)
+
+    def _check_state(self, x: Any, name: str = "x") -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
+        expected = self.state_shape
+        if x.ndim < len(expected) or tuple(x.shape[x.ndim - len(expected) :]) != expected:
+            raise ValueError(
+                f"{name}: expected shape (..., levels, *space) ending in {expected} "
+                f"(levels={self.levels}, grid_shape={self.grid_shape}), got {tuple(x.shape)}"
+            )
+        return x
+
+    # -- to implement -------------------------------------------------------------
+
+    def _map(self, x: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """``Q diag(f(λ)) Q^H x`` on the trailing dims; ``f`` gets ``λ`` in ``x``'s dtype."""
+        raise NotImplementedError
+
+    def _max_eigenvalue(self) -> float:
+        raise NotImplementedError
+
+    def variance(self) -> Tensor:
+        """Marginal variance per cell ``diag(B)``, ``(levels, *space)`` (float64)."""
+        raise NotImplementedError
+
+    def scaled(self, factor: float) -> BackgroundCovariance:
+        """The covariance of ``factor · e``: ``factor² B`` (a new object)."""
+        raise NotImplementedError
+
+    # -- operators ----------------------------------------------------------------
+
+    def apply(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        """``B x`` on the trailing ``(levels, *space)`` dims."""
+        if callable(x) and not isinstance(x, Tensor):  # torch.nn.Module.apply(fn)
+            return super().apply(x)
+        return self._map(self._check_state(x), lambda lam: lam)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Same as :meth:`apply`."""
+        return self.apply(x)
+
+    def apply_sqrt(self, x: Tensor) -> Tensor:
+        """``B^{1/2} x`` with the symmetric square root ``B^{1/2} = Q diag(λ^{1/2}) Q^H``."""
+        return self._map(self._check_state(x), torch.sqrt)
+
+    def solve(self, x: Tensor, shift: float | Tensor = 0.0) -> Tensor:
+        """``(B + shift·I)^{-1} x``, exact; ``shift`` a float or 0-d tensor ``>= 0``, or one shift
+        per leading index of ``x`` (a tensor such as ``(batch, 1, 1, 1)`` for ``x`` of shape
+        ``(batch, levels, y, x)``: its trailing ``(levels, *space)`` dims of size 1).
+
+        The eigenvalues ``λ + shift`` are floored at ``EIGENVALUE_FLOOR · max(λ)`` (at
+        ``EIGENVALUE_FLOOR`` if ``B = 0``), so a singular ``B`` with ``shift = 0`` stays finite.
+        """
+        x = self._check_state(x)
+        shift = _as_shift(shift, x, len(self.state_shape))
+        largest = self._max_eigenvalue()
+        floor = EIGENVALUE_FLOOR * (largest if largest > 0 else 1.0)
+        return self._map(x, lambda lam: 1.0 / (lam + shift).clamp_min(floor))
+
+    def sample(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``num`` draws ``B^{1/2} ξ``, ``ξ ~ N(0, I)``: ``(num, levels, *space)`` from ``N(0, B)``.
+
+        ``device`` defaults to the buffers' device; the same generator state gives the same draws.
+        """
+        num = _as_int(num, "num", 1)
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
+        if device is None:
+            device = next(iter(self.buffers())).device
+        noise = torch.randn(
+            (num, *self.state_shape), generator=generator, device=device, dtype=dtype
+        )
+        return self.apply_sqrt(noise)
+
+    def to_dense(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The matrix ``B``, ``(size, size)`` over the C-order flattening of ``(levels, *space)``.
+
+        Built by applying ``B`` to the identity basis: for small grids (tests, exact posteriors).
+        """
+        device = next(iter(self.buffers())).device
+        basis = torch.eye(self.size, dtype=dtype, device=device).reshape(-1, *self.state_shape)
+        return self.apply(basis).reshape(self.size, self.size).T.contiguous()
+
+
+# --------------------------------------------------------------------------- diagonal
+
+
+class DiagonalCovariance(BackgroundCovariance):
+    r"""Uncorrelated errors: ``B = diag(std²)``, one standard deviation per cell.
+
+    Config: ``levels``, ``grid_shape``. Buffer: ``std`` ``(levels, *space)`` (float64, ``>= 0``).
+    Build it with :meth:`from_std`.
+    """
+
+    @register_to_config
+    def __init__(self, levels: int = 1, grid_shape: Sequence[int] = (8, 8)) -> None:
+        super().__init__()
+        levels, grid = self._init_shape(levels, grid_shape)
+        self.register_buffer("std", torch.ones(levels, *grid, dtype=torch.float64))
+
+    @classmethod
+    def from_std(
+        cls, std: float | Sequence[float] | Tensor, levels: int, grid_shape: Sequence[int]
+    ) -> DiagonalCovariance:
+        """``B = diag(std²)`` from a scalar, a per-level ``(levels,)`` (or ``(levels, 1, 1)``)
+        or a per-cell ``(levels, *space)`` std (anything broadcastable to ``(levels, *space)``;
+        a 1-d tensor of length ``levels`` is always per level)."""
+        cov = cls(levels=levels, grid_shape=tuple(_as_grid_shape(grid_shape)))
+        s = torch.as_tensor(std, dtype=torch.float64)
+        if s.ndim == 1 and s.shape[0] == cov.levels:
+            s = s.reshape(cov.levels, *(1,) * cov.spatial_dims)
+        try:
+            s = s.broadcast_to(cov.state_shape).clone()
+        except RuntimeError as e:
+            raise ValueError(
+                f"std: expected a scalar, a per-level (levels={cov.levels},) tensor or one "
+                f"broadcastable to (levels, *space) = {cov.state_shape}, got shape "
+                f"{tuple(s.shape)}"
+            ) from e
+        if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+            raise ValueError(f"std: expected finite values >= 0, got min {float(s.min()):g}")
+        cov.std = s
+        return cov
+
+    def _map(self, x: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        variance = self.std.to(device=x.device, dtype=x.dtype).square()
+        return x * f(variance)
+
+    def _max_eigenvalue(self) -> float:
+        return float(self.std.max()) ** 2
+
+    def variance(self) -> Tensor:
+        """``std²``, ``(levels, *space)`` (float64)."""
+        return self.std.square()
+
+    def scaled(self, factor: float) -> DiagonalCovariance:
+        """``diag((factor · std)²)``."""
+        factor = _as_factor(factor, "factor")
+        return type(self).from_std(self.std * factor, self.levels, self.grid_shape)
+
+
+# --------------------------------------------------------------------------- spectral
+
+
+class SpectralCovariance(BackgroundCovariance):
+    r"""Homogeneous errors on a periodic grid: ``B = F^H diag_k(C(k)) F``.
+
+    ``F`` is the unitary DFT over space (``torch.fft.fftn(..., norm="ortho")``) and ``C(k)`` a
+    real symmetric PSD ``levels × levels`` matrix per wavenumber ``k``, with ``C(k) = C(-k)`` so
+    that ``B`` is real and symmetric (``apply`` returns the real part of the inverse DFT). The
+    marginal variance ``diag(B) = mean_k diag(C(k))`` is the same in every cell. Homogeneous
+    (spectral) ``B`` is the classical assumption of variational DA (e.g. Berre 2000; see
+    docs/method.md §Background covariance).
+
+    - ``isotropic=True``: ``C`` depends on the shell ``s(k) = floor(κ(k) + ½)`` only, with
+      ``κ = sqrt(Σ_i (n_i · N_max / N_i)²)``, ``n_i`` the signed integer frequency on axis ``i``
+      (``fftfreq(N_i) · N_i``) and ``N_max = max(grid_shape)``: the physical wavenumber (unit grid
+      spacing) in units of the longest axis' fundamental; on a square grid ``κ = |n|``.
+      Buffer ``spectrum`` ``(num_shells, levels, levels)``, ``num_shells = max s + 1``.
+    - ``isotropic=False``: one matrix per wavenumber, buffer ``spectrum``
+      ``(*grid_shape, levels, levels)`` in FFT order; it is symmetrised between ``k`` and ``-k``
+      (and transposed) before use.
+
+    Config: ``levels``, ``grid_shape``, ``isotropic``. Defaults to ``C(k) = I`` (``B = I``).
+    Build it with :meth:`from_samples` or :meth:`from_spectrum`. Eigendecompositions of ``C`` are
+    computed lazily and cached (not saved).
+    """
+
+    @register_to_config
+    def __init__(
+        self, levels: int = 1, grid_shape: Sequence[int] = (8, 8), isotropic: bool = True
+    ) -> None:
+        super().__init__()
+        levels, grid = self._init_shape(levels, grid_shape)
+        if not isinstance(isotropic, bool):
+            raise ValueError(f"isotropic: expected a bool, got {isotropic!r}")
+        lead = (self.num_shells,) if isotropic else grid
+        eye = torch.eye(levels, dtype=torch.float64)
+        self.register_buffer("spectrum", eye.expand(*lead, levels, levels).clone())
+        self._cache: dict = {}
+        self._cache_token: tuple | None = None
+
+    # -- wavenumbers ----------------------------------------------------------------
+
+    @property
+    def isotropic(self) -> bool:
+        return bool(self.config.isotropic)
+
+    def wavenumber_magnitude(self) -> Tensor:
+        """``κ(k)`` per wavenumber in FFT order, ``grid_shape`` (float64, see class doc)."""
+        grid = self.grid_shape
+        longest = max(grid)
+        axes = [torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64) * (longest / n) for n in grid]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.sqrt(sum(m.square() for m in mesh))
+
+    def shells(self) -> Tensor:
+        """Shell index ``s(k) = floor(κ(k) + ½)`` per wavenumber, ``grid_shape`` (int64)."""
+        return torch.floor(self.wavenumber_magnitude() + 0.5).long()
+
+    @property
+    def num_shells(self) -> int:
+        return int(self.shells().max()) + 1
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_spectrum(
+        cls, spectrum: Tensor, grid_shape: Sequence[int], isotropic: bool = True
+    ) -> SpectralCovariance:
+        """From ``C``: ``(num_shells, levels, levels)`` (isotropic) or ``(*grid_shape, levels,
+        levels)``; symmetric positive semi-definite (checked to a relative ``1e-8``)."""
+        c = torch.as_tensor(spectrum)
+        if not c.is_floating_point():
+            raise ValueError(f"spectrum: expected a floating tensor, got dtype {c.dtype}")
+        c = c.double()
+        if c.ndim < 3 or c.shape[-1] != c.shape[-2]:
+            raise ValueError(
+                f"spectrum: expected shape (..., levels, levels), got {tuple(c.shape)}"
+            )
+        cov = cls(
+            levels=c.shape[-1], grid_shape=tuple(_as_grid_shape(grid_shape)), isotropic=isotropic
+        )
+        if tuple(c.shape) != tuple(cov.spectrum.shape):
+            lead = "(num_shells" if isotropic else "(*grid_shape"
+            raise ValueError(
+                f"spectrum: expected shape {lead}, levels, levels) = {tuple(cov.spectrum.shape)} "
+                f"for grid_shape {cov.grid_shape}, isotropic={isotropic}; got {tuple(c.shape)}"
+            )
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("spectrum: contains NaN or inf; expected finite values")
+        symmetric = 0.5 * (c + c.transpose(-1, -2))
+        eigenvalues = torch.linalg.eigvalsh(symmetric)
+        scale = float(eigenvalues.abs().max())
+        if float(eigenvalues.min()) < -1e-8 * scale:
+            raise ValueError(
+                f"spectrum: expected symmetric positive semi-definite matrices, found an "
+                f"eigenvalue {float(eigenvalues.min()):g}"
+            )
+        cov.spectrum = symmetric.contiguous()
+        return cov
+
+    @classmethod
+    def from_samples(
+        cls,
+        errors: Tensor,
+        isotropic: bool = True,
+        remove_mean: bool = False,
+        *,
+        spatial_dims: int | None = None,
+    ) -> SpectralCovariance:
+        r"""Estimate ``C(k)`` from error samples ``e``: ``(N, levels, *space)`` (more leading dims
+        are flattened into samples).
+
+            ê = fftn(e, norm="ortho"),   C(k) = mean_n Re(ê_n(k) ê_n(k)^H)
+
+        averaged, when ``isotropic``, over the wavenumbers of each shell too. Since ``C(k)`` is
+        real, ``B`` keeps the part of the translation-averaged sample covariance that is even in
+        the displacement: a cross-level covariance odd in it (e.g. a vertical tilt) is dropped
+        (isotropy drops it anyway). Unbiased for zero-mean errors; ``remove_mean=True`` subtracts
+        the sample mean per cell first and divides by ``N - 1``.
+
+        ``spatial_dims=None`` reads a 3-d ``errors`` as ``(N, levels, x)`` and a 4-d or larger one
+        as ``(…, levels, y, x)``; pass ``spatial_dims=1`` for 1-d fields with more than one
+        leading dim.
+        """
+        e, sd = _errors_tensor(errors, "errors", spatial_dims)
+        n = e.shape[0]
+        dof = n
+        if remove_mean:
+            if n < 2:
+                raise ValueError(f"errors: remove_mean needs at least 2 samples, got {n}")
+            e = e - e.mean(dim=0, keepdim=True)
+            dof = n - 1
+        levels, grid = e.shape[1], tuple(e.shape[2:])
+        cov = cls(levels=levels, grid_shape=grid, isotropic=isotropic)
+        spectral = torch.fft.fftn(e, dim=tuple(range(-sd, 0)), norm="ortho")
+        spectral = spectral.movedim(1, -1).reshape(n, -1, levels)  # (N, K, levels)
+        outer = torch.einsum("nkl,nkm->klm", spectral.real, spectral.real)
+        outer = outer + torch.einsum("nkl,nkm->klm", spectral.imag, spectral.imag)
+        outer = outer / dof
+        if isotropic:
+            shells = cov.shells().reshape(-1)
+            total = outer.new_zeros(cov.num_shells, levels, levels).index_add(0, shells, outer)
+            count = torch.bincount(shells, minlength=cov.num_shells).clamp_min(1)
+            result = total / count.to(total)[:, None, None]
+        else:
+            result = outer.reshape(*grid, levels, levels)
+        cov.spectrum = (0.5 * (result + result.transpose(-1, -2))).contiguous()
+        return cov
+
+    # -- eigendecomposition (cached) -----------------------------------------------
+
+    def _wavenumber_spectrum(self) -> Tensor:
+        """``C(k)`` per wavenumber ``(*grid, levels, levels)``, symmetric and equal at ±k."""
+        c = self.spectrum.double()
+        c = 0.5 * (c + c.transpose(-1, -2))
+        if self.isotropic:
+            return c[self.shells().to(c.device)]
+        return 0.5 * (c + _negative_wavenumbers(c, self.spatial_dims))
+
+    def _eigh(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(λ, U)`` per wavenumber, ``(*grid, levels)`` and ``(*grid, levels, levels)``."""
+        spectrum = self.spectrum
+        version = -1 if spectrum.is_inference() else spectrum._version
+        token = (spectrum.data_ptr(), version, spectrum.device, spectrum.dtype)
+        if self._cache_token != token:
+            self._cache = {}
+            self._cache_token = token
+        key = (dtype, torch.device(device))
+        if key not in self._cache:
+            with torch.inference_mode(False), torch.no_grad():
+                if "float64" not in self._cache:
+                    if self.isotropic:
+                        c = self.spectrum.double()
+                        lam, vec = torch.linalg.eigh(0.5 * (c + c.transpose(-1, -2)))
+                        shells = self.shells().to(c.device)
+                        lam, vec = lam[shells], vec[shells]
+                    else:
+                        lam, vec = torch.linalg.eigh(self._wavenumber_spectrum())
+                    self._cache["float64"] = (lam.clamp_min(0), vec.contiguous())
+                lam, vec = self._cache["float64"]
+                self._cache[key] = (lam.to(device, dtype), vec.to(device, dtype))
+        return self._cache[key]
+
+    def _map(self, x: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        sd = self.spatial_dims
+        dims = tuple(range(-sd, 0))
+        lam, vec = self._eigh(x.dtype, x.device)
+        spectral = torch.fft.fftn(x, dim=dims, norm="ortho").movedim(-sd - 1, -1)
+        vec = vec.to(spectral.dtype)
+        coefficients = (vec.transpose(-1, -2) @ spectral.unsqueeze(-1)).squeeze(-1)
+        coefficients = coefficients * f(lam).to(coefficients.dtype)
+        spectral = (vec @ coefficients.unsqueeze(-1)).squeeze(-1).movedim(-1, -sd - 1)
+        return torch.fft.ifftn(spectral, dim=dims, norm="ortho").real
+
+    def _max_eigenvalue(self) -> float:
+        lam, _ = self._eigh(torch.float64, self.spectrum.device)
+        return float(lam.max())
+
+    def variance(self) -> Tensor:
+        """``diag(B) = mean_k diag(C(k))`` in every cell, ``(levels, *space)`` (float64)."""
+        lam, vec = self._eigh(torch.float64, self.spectrum.device)
+        per_level = (vec.square() * lam[..., None, :]).sum(-1)  # (*grid, levels)
+        per_level = per_level.reshape(-1, self.levels).mean(0)
+        shape = (self.levels, *(1,) * self.spatial_dims)
+        return per_level.reshape(shape).expand(self.state_shape).clone()
+
+    def scaled(self, factor: float) -> SpectralCovariance:
+        """``factor² C(k)``."""
+        factor = _as_factor(factor, "factor")
+        cov = type(self)(levels=self.levels, grid_shape=self.grid_shape, isotropic=self.isotropic)
+        cov.spectrum = (self.spectrum.double() * factor**2).to(self.spectrum.device)
+        return cov
+
+
+# --------------------------------------------------------------------------- estimation
+
+
+def _from_errors(
+    errors: Tensor,
+    name: str,
+    kind: str,
+    isotropic: bool,
+    remove_mean: bool,
+    spatial_dims: int | None,
+) -> BackgroundCovariance:
+    if kind == "spectral":
+        return SpectralCovariance.from_samples(
+            errors, isotropic=isotropic, remove_mean=remove_mean, spatial_dims=spatial_dims
+        )
+    e, sd = _errors_tensor(errors, name, spatial_dims)
+    n = e.shape[0]
+    dof = n
+    if remove_mean:
+        if n < 2:
+            raise ValueError(f"{name}: remove_mean needs at least 2 samples, got {n}")
+        e = e - e.mean(dim=0, keepdim=True)
+        dof = n - 1
+    levels = e.shape[1]
+    cells = math.prod(e.shape[2:])
+    variance = e.square().transpose(0, 1).reshape(levels, -1).sum(-1) / (dof * cells)
+    return DiagonalCovariance.from_std(variance.sqrt(), levels, tuple(e.shape[2:]))
+
+
+def _check_kind(kind: Any) -> str:
+    if kind not in ("spectral", "diagonal"):
+        raise ValueError(f"kind: expected 'spectral' or 'diagonal', got {kind!r}")
+    return kind
+
+
+def _check_pair(a: Any, b: Any, name_a: str, name_b: str) -> tuple[Tensor, Tensor]:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+    return a, b
+
+
+def estimate_background_covariance(
+    backgrounds: Tensor,
+    truths: Tensor,
+    kind: str = "spectral",
+    isotropic: bool = True,
+    *,
+    remove_mean: bool = False,
+    spatial_dims: int | None = None,
+) -> BackgroundCovariance:
+    """``B`` from background/truth pairs ``(…, levels, *space)``: errors ``e = x_b − x`` with the
+    leading dims (cases, time, …) flattened into samples.
+
+    - ``kind="spectral"``: :meth:`SpectralCovariance.from_samples` (homogeneous, per wavenumber).
+    - ``kind="diagonal"``: :class:`DiagonalCovariance` with the per-level rms error
+      ``std_l = sqrt(mean_{n, cells} e_l²)``, the same in every cell.
+
+    ``remove_mean`` subtracts the mean error per cell (the bias) first. See ``spatial_dims`` in
+    :meth:`SpectralCovariance.from_samples` and docs/method.md §Background covariance.
+    """
+    kind = _check_kind(kind)
+    backgrounds, truths = _check_pair(backgrounds, truths, "backgrounds", "truths")
+    if not (backgrounds.is_floating_point() and truths.is_floating_point()):
+        raise ValueError(
+            f"backgrounds, truths: expected floating tensors, got {backgrounds.dtype} "
+            f"and {truths.dtype}"
+        )
+    errors = backgrounds.double() - truths.double()
+    return _from_errors(errors, "backgrounds - truths", kind, isotropic, remove_mean, spatial_dims)
+
+
+def nmc_covariance(
+    long_forecasts: Tensor,
+    short_forecasts: Tensor,
+    scale: float = 1.0,
+    kind: str = "spectral",
+    isotropic: bool = True,
+    *,
+    remove_mean: bool = False,
+    spatial_dims: int | None = None,
+) -> BackgroundCovariance:
+    """``B`` by the NMC method (Parrish & Derber 1992), when no truth exists.
+
+        e ≈ scale · (x_long − x_short)
+
+    with forecasts of two lead times (e.g. 48 h and 24 h) valid at the same times, ``(…, levels,
+    *space)`` each; ``B`` is estimated from these pseudo-errors as in
+    :func:`estimate_background_covariance`. ``scale`` is a factor on the std (``B`` scales by
+    ``scale²``): lagged differences usually over-estimate the background error, so ``scale < 1``
+    is common.
+    """
+    kind = _check_kind(kind)
+    scale = _as_factor(scale, "scale")
+    long_forecasts, short_forecasts = _check_pair(
+        long_forecasts, short_forecasts, "long_forecasts", "short_forecasts"
+    )
+    if not (long_forecasts.is_floating_point() and short_forecasts.is_floating_point()):
+        raise ValueError(
+            f"long_forecasts, short_forecasts: expected floating tensors, got "
+            f"{long_forecasts.dtype} and {short_forecasts.dtype}"
+        )
+    errors = scale * (long_forecasts.double() - short_forecasts.double())
+    return _from_errors(
+        errors, "long_forecasts - short_forecasts", kind, isotropic, remove_mean, spatial_dims
+    )
