@@ -1,7 +1,15 @@
 """slams-diffusers: score-based latent data assimilation as a diffusers plugin (SLAMS)."""
 
-from .guidance import GaussianTerm, conjugate_gradient, likelihood_score
+from .covariance import (
+    DiagonalCovariance,
+    SpectralCovariance,
+    estimate_background_covariance,
+    nmc_covariance,
+)
+from .guidance import GaussianTerm, GuidedScore, conjugate_gradient, likelihood_score
 from .models import (
+    LevelNormalizer,
+    MarkovBlanketScore,
     ObservationEncoder,
     ObservationEncoderOutput,
     ScoreNet,
@@ -20,21 +28,30 @@ from .observations import (
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
-from .schedulers import VPPredictorCorrectorScheduler, VPPredictorCorrectorSchedulerOutput
+from .schedulers import (
+    VPPredictorCorrectorScheduler,
+    VPPredictorCorrectorSchedulerOutput,
+    tweedie_denoise,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssimilationOutput",
     "Background",
+    "DiagonalCovariance",
     "GaussianScoreModel",
     "GaussianTerm",
+    "GuidedScore",
     "Gridded",
+    "LevelNormalizer",
+    "MarkovBlanketScore",
     "Observation",
     "ObservationEncoder",
     "ObservationEncoderOutput",
     "SLAMSPipeline",
     "Satellite",
+    "SpectralCovariance",
     "ScoreNet",
     "ScoreNetOutput",
     "StateAutoencoder",
@@ -43,7 +60,10 @@ __all__ = [
     "VPPredictorCorrectorScheduler",
     "VPPredictorCorrectorSchedulerOutput",
     "conjugate_gradient",
+    "estimate_background_covariance",
     "fuse_gaussians",
     "gaussian_weighting_functions",
     "likelihood_score",
+    "nmc_covariance",
+    "tweedie_denoise",
 ]

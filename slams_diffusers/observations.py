@@ -244,6 +244,10 @@ class Observation(abc.ABC):
         std = torch.as_tensor(self.noise_std, dtype=self.values.dtype, device=self.values.device)
         return torch.zeros_like(self.values) + std**2
 
+    def replace_values(self, values: Tensor) -> Observation:
+        """A copy with other ``values`` (same shape) and the same mask, operator and time."""
+        return dataclasses.replace(self, values=values, mask=self.mask)
+
     @abc.abstractmethod
     def operator(self, state: Tensor) -> Tensor:
         """``A(x)``: ``(..., levels, *space) -> (..., *values.shape)``, differentiable."""
@@ -894,6 +898,10 @@ class Background(Observation):
         noise_std: background error std, float or broadcastable to ``values``
             (e.g. per level ``(num_levels, 1, 1)``).
         modality, time_index, mask: see :class:`Observation`.
+        covariance: the full error covariance ``B`` (an object with ``apply``, ``solve``,
+            ``sample`` and ``variance``, e.g. a
+            :class:`~slams_diffusers.covariance.SpectralCovariance`) when errors are correlated;
+            then ``noise_std`` is its marginal std.
     """
 
     values: Tensor
@@ -901,6 +909,7 @@ class Background(Observation):
     modality: str = "background"
     time_index: int = 0
     mask: Tensor | None = None
+    covariance: Any = None
 
     def __post_init__(self) -> None:
         values = torch.as_tensor(self.values)

@@ -35,7 +35,8 @@ def ar1_covariance(length: int, rho: float, spatial: Tensor) -> Tensor:
 
 @dataclass
 class GaussianPosterior:
-    """Exact Kalman posterior of ``x ~ N(m, C)`` given linear observations ``y = H x + e``."""
+    """Exact Kalman posterior of ``x ~ N(m, C)`` given linear observations ``y = H x + e``
+    (``e ~ N(0, diag(σ_y²))``, or ``N(0, B)`` for an observation with a ``covariance``)."""
 
     mean: Tensor
     covariance: Tensor
@@ -51,18 +52,20 @@ class GaussianPosterior:
         shape = prior_mean.shape
         size = prior_mean.numel()
         basis = torch.eye(size, dtype=torch.float64).reshape(size, *shape)
-        rows, values, variances = [], [], []
+        rows, values, noises = [], [], []
         for observation in observations:
             columns = observation.operator(basis[:, observation.time_index])
             mask = observation.mask.reshape(-1)
             rows.append(columns.reshape(size, -1).T[mask])
             values.append(observation.values.reshape(-1)[mask])
-            variances.append(observation.noise_variance().reshape(-1)[mask])
+            covariance = getattr(observation, "covariance", None)
+            if covariance is not None:  # a correlated error covariance (e.g. a background's B)
+                noises.append(covariance.to_dense().double()[mask][:, mask])
+            else:
+                noises.append(torch.diag(observation.noise_variance().reshape(-1)[mask].double()))
         operator = torch.cat(rows).double()
         innovation = torch.cat(values).double() - operator @ prior_mean.reshape(-1)
-        gain_denominator = operator @ prior_covariance @ operator.T + torch.diag(
-            torch.cat(variances).double()
-        )
+        gain_denominator = operator @ prior_covariance @ operator.T + torch.block_diag(*noises)
         gain = torch.linalg.solve(gain_denominator, operator @ prior_covariance).T
         mean = prior_mean.reshape(-1) + gain @ innovation
         covariance = prior_covariance - gain @ operator @ prior_covariance

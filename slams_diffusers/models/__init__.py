@@ -1,10 +1,15 @@
-"""Diffusers models of SLAMS: state autoencoder, observation encoders, score network."""
+"""Diffusers models of SLAMS: state autoencoder (or level normaliser), observation encoders, score
+network, and the Markov-blanket wrapper that composes window models over trajectories."""
 
+from .level_normalizer import LevelNormalizer
+from .markov_blanket import MarkovBlanketScore
 from .observation_encoder import ObservationEncoder, ObservationEncoderOutput, fuse_gaussians
 from .score_net import ScoreNet, ScoreNetOutput
 from .state_autoencoder import StateAutoencoder, StateAutoencoderOutput
 
 __all__ = [
+    "LevelNormalizer",
+    "MarkovBlanketScore",
     "ObservationEncoder",
     "ObservationEncoderOutput",
     "ScoreNet",

@@ -114,7 +114,7 @@ def _modality_spec(name: Any, spec: Any) -> tuple[int, list[float], list[float]]
             f"`modalities[{name!r}]` must be a dict with 'in_channels' (and optional "
             f"'input_mean', 'input_std'), got {spec!r}."
         )
-    unknown = set(spec) - {"in_channels", "input_mean", "input_std"}
+    unknown = set(spec) - {"in_channels", "input_mean", "input_std", "reference_noise_std"}
     if unknown:
         raise ValueError(f"`modalities[{name!r}]` has unknown keys {sorted(unknown)}.")
     c = int(spec["in_channels"])
@@ -125,6 +125,12 @@ def _modality_spec(name: Any, spec: Any) -> tuple[int, list[float], list[float]]
         stats.append(channel_values(spec.get(key), c, f"modalities[{name!r}][{key!r}]", default))
     if any(s <= 0 for s in stats[1]):
         raise ValueError(f"`modalities[{name!r}]['input_std']` must be positive, got {stats[1]}.")
+    reference = spec.get("reference_noise_std", 0.0)
+    if not isinstance(reference, int | float) or not reference >= 0:
+        raise ValueError(
+            f"`modalities[{name!r}]['reference_noise_std']` must be a number >= 0, got "
+            f"{reference!r}."
+        )
     return c, stats[0], stats[1]
 
 
@@ -141,7 +147,10 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
 
     Args:
         modalities: ``{name: {"in_channels": C, "input_mean": list | None,
-            "input_std": list | None}}`` (normalisation per channel, physical -> normalised).
+            "input_std": list | None, "reference_noise_std": float}}`` (normalisation per
+            channel, physical -> normalised; the observation error the modality's predicted
+            variance is calibrated for, e.g. the typical noise of its training observations,
+            default 0: the declared error is then added in full, docs/method.md §Declared errors).
         latent_channels: channels ``c`` of the latent.
         spatial_dims: 1 or 2.
         hidden_channels: width of each modality encoder.
@@ -174,6 +183,8 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
                 "input_mean": None if spec.get("input_mean") is None else mean,
                 "input_std": None if spec.get("input_std") is None else std,
             }
+            if "reference_noise_std" in spec:
+                clean[name]["reference_noise_std"] = float(spec["reference_noise_std"])
             encoders[name] = _ModalityEncoder(
                 spatial_dims, c, hidden_channels, latent_channels, periodic, mean, std
             )
@@ -184,6 +195,10 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
     def modality_names(self) -> list[str]:
         """Names of the modalities this encoder knows, sorted (the fusion order)."""
         return list(self.encoders.keys())
+
+    def reference_noise_std(self, name: str) -> float:
+        """The observation error std modality ``name``'s predicted variance is calibrated for."""
+        return float(self.config.modalities[name].get("reference_noise_std", 0.0))
 
     def _latent_shape(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
         sd = self.config.spatial_dims

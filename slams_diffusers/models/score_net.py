@@ -17,7 +17,6 @@ from .layers import (
     PaddedConv,
     ResidualBlock,
     Upsample,
-    channel_values,
     group_norm,
     sinusoidal_embedding,
     validate_spatial_dims,
@@ -52,8 +51,6 @@ class ScoreNet(ModelMixin, ConfigMixin):
         layers_per_block: residual blocks per level (down path; the up path has as many).
         periodic: circular padding along x.
         time_embedding_dim: width of the time embedding.
-        level_mean, level_std: stored only (per-channel normalisation the pipeline applies when
-            the net runs in pixel space without an autoencoder); unused by the net.
     """
 
     @register_to_config
@@ -66,8 +63,6 @@ class ScoreNet(ModelMixin, ConfigMixin):
         layers_per_block: int = 2,
         periodic: bool = False,
         time_embedding_dim: int = 128,
-        level_mean: Sequence[float] | None = None,
-        level_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -81,9 +76,6 @@ class ScoreNet(ModelMixin, ConfigMixin):
         hidden = [int(c) for c in hidden_channels]
         if len(hidden) == 0:
             raise ValueError("`hidden_channels` must have at least one entry.")
-        for key, val in (("level_mean", level_mean), ("level_std", level_std)):
-            if val is not None:
-                self.register_to_config(**{key: channel_values(val, in_channels, key, 0.0)})
 
         sd, per, temb = spatial_dims, periodic, time_embedding_dim
         self.time_mlp = nn.Sequential(nn.Linear(hidden[0], temb), nn.SiLU(), nn.Linear(temb, temb))

@@ -136,6 +136,10 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         self.dec_out = PaddedConv(sd, hidden[0], levels, 3, periodic=per)
 
     # ------------------------------------------------------------------ shapes
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.latent_channels)
+
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """Latent grid ``space / f`` of a state grid ``spatial_shape`` (spatial axes only)."""
         cfg = self.config

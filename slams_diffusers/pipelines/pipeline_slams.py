@@ -15,16 +15,25 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from ..guidance import COVARIANCES, GaussianTerm, likelihood_score
-from ..models.observation_encoder import fuse_gaussians
+from ..covariance import DiagonalCovariance
+from ..guidance import (
+    GaussianTerm,
+    GuidedScore,
+    canonical_covariance,
+    decoded_term,
+    encoded_observation_term,
+    latent_background_term,
+    resolve_routes,
+)
+from ..models.level_normalizer import LevelNormalizer
+from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation
 
 logger = logging.get_logger(__name__)
 
-ROUTES = ("latent", "decoded")
+ANALYSES = ("full", "incremental")
 OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
 _DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
-_BACKGROUND_ENCODING_SAMPLES = 32
 
 
 @dataclass
@@ -59,31 +68,49 @@ class _Grid:
 
 
 class SLAMSPipeline(DiffusionPipeline):
-    r"""Posterior sampling ``p(x | x_b, y_1, …, y_M)`` with a (latent) diffusion prior.
+    r"""Posterior sampling ``p(x | x_b, y_1, …, y_M)`` with a (latent) diffusion prior
+    (SLAMS, arXiv 2404.06665; docs/method.md). The pipeline owns the sampling loop; the guided ε
+    is a :class:`~slams_diffusers.guidance.GuidedScore`.
 
     Components:
         score_model: ε-network over Markov-blanket windows; ``forward(sample, timestep)`` with
             ``sample`` ``(B, window, c, *space)`` and ``timestep`` ``(B,)`` returns an output whose
-            ``.sample`` is ε; its ``config.window`` is odd. In pixel space its config also gives
-            ``in_channels`` (levels), ``spatial_dims`` and optionally ``level_mean``/``level_std``.
+            ``.sample`` is ε; its ``config.window`` is odd (composed over longer windows by
+            :class:`~slams_diffusers.models.MarkovBlanketScore`).
         scheduler: :class:`~slams_diffusers.schedulers.VPPredictorCorrectorScheduler`.
-        autoencoder: :class:`~slams_diffusers.models.StateAutoencoder`, or ``None`` for pixel-space
-            assimilation (the SDA baseline).
+        autoencoder: :class:`~slams_diffusers.models.StateAutoencoder` (latent space), or a
+            :class:`~slams_diffusers.models.LevelNormalizer` (pixel space, the SDA baseline);
+            ``None`` = a level normaliser with zero mean and unit std.
         observation_encoder: :class:`~slams_diffusers.models.ObservationEncoder` for the latent
             route, or ``None``.
+        background_covariance: the background-error covariance ``B`` the pipeline was calibrated
+            with (:mod:`slams_diffusers.covariance`), used when a call declares none; or ``None``.
     """
 
     model_cpu_offload_seq = "observation_encoder->score_model->autoencoder"
-    _optional_components = ["autoencoder", "observation_encoder"]
+    _optional_components = ["autoencoder", "observation_encoder", "background_covariance"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, score_model, scheduler, autoencoder=None, observation_encoder=None) -> None:
+    def __init__(
+        self,
+        score_model,
+        scheduler,
+        autoencoder=None,
+        observation_encoder=None,
+        background_covariance=None,
+    ) -> None:
         super().__init__()
+        if autoencoder is None:
+            config = score_model.config
+            autoencoder = LevelNormalizer(
+                levels=int(config.in_channels), spatial_dims=int(config.spatial_dims)
+            )
         self.register_modules(
             score_model=score_model,
             scheduler=scheduler,
             autoencoder=autoencoder,
             observation_encoder=observation_encoder,
+            background_covariance=background_covariance,
         )
 
     # ------------------------------------------------------------------ loading
@@ -124,6 +151,12 @@ class SLAMSPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ spaces
     @property
+    def device(self) -> torch.device:
+        """Where the score model's weights are (CPU for a model without any)."""
+        tensors = [*self.score_model.parameters(), *self.score_model.buffers()]
+        return tensors[0].device if tensors else torch.device("cpu")
+
+    @property
     def _model_dtype(self) -> torch.dtype:
         tensors = [*self.score_model.parameters(), *self.score_model.buffers()]
         return tensors[0].dtype if tensors else torch.float32
@@ -134,57 +167,19 @@ class SLAMSPipeline(DiffusionPipeline):
 
     @property
     def spatial_dims(self) -> int:
-        model = self.autoencoder if self.autoencoder is not None else self.score_model
-        return int(model.config.spatial_dims)
+        return int(self.autoencoder.config.spatial_dims)
 
     @property
     def levels(self) -> int:
-        if self.autoencoder is not None:
-            return int(self.autoencoder.config.levels)
-        return int(self.score_model.config.in_channels)
-
-    def _pixel_statistics(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-level mean and std ``(levels, 1, …)`` normalising pixel-space states."""
-        config = self.score_model.config
-        mean = getattr(config, "level_mean", None)
-        std = getattr(config, "level_std", None)
-        shape = (self.levels,) + (1,) * self.spatial_dims
-        mean = torch.zeros(shape) if mean is None else torch.as_tensor(mean).reshape(shape)
-        std = torch.ones(shape) if std is None else torch.as_tensor(std).reshape(shape)
-        return mean.to(like), std.to(like)
+        return int(self.autoencoder.config.levels)
 
     def encode(self, state: Tensor) -> Tensor:
         """Physical state ``(B, T, levels, *space)`` -> diffusion space ``(B, T, c, *space/f)``."""
-        if self.autoencoder is not None:
-            return self.autoencoder.encode(state)
-        mean, std = self._pixel_statistics(state)
-        return (state - mean) / std
+        return self.autoencoder.encode(state)
 
     def decode(self, latent: Tensor) -> Tensor:
         """Diffusion space ``(B, T, c, *space/f)`` -> physical state ``(B, T, levels, *space)``."""
-        if self.autoencoder is not None:
-            return self.autoencoder.decode(latent)
-        mean, std = self._pixel_statistics(latent)
-        return latent * std + mean
-
-    def epsilon(self, latents: Tensor, t: Tensor) -> Tensor:
-        """ε over a trajectory of any length ``T >= window`` by Markov-blanket composition.
-
-        The trajectory is cut into all windows of ``2k+1`` consecutive states; state ``i`` takes
-        the ε of the window centred on it, the first and last ``k`` states that of the first and
-        last window (the scheme of SDA).
-        """
-        batch, length = latents.shape[:2]
-        window = self.window
-        k = window // 2
-        windows = latents.unfold(1, window, 1)  # (B, n, c, *space, window)
-        count = windows.shape[1]
-        windows = windows.movedim(-1, 2).reshape(batch * count, window, *latents.shape[2:])
-        timestep = t.expand(batch * count).to(latents.dtype)
-        eps = self.score_model(windows, timestep).sample.reshape(
-            batch, count, window, *latents.shape[2:]
-        )
-        return torch.cat((eps[:, 0, :k], eps[:, :, k], eps[:, -1, k + 1 :]), dim=1)
+        return self.autoencoder.decode(latent)
 
     # ------------------------------------------------------------------ validation
     def _read_background(self, background: Any) -> tuple[Tensor | None, xr.DataArray | None]:
@@ -249,17 +244,13 @@ class SLAMSPipeline(DiffusionPipeline):
                 f"the assimilation window has {time} time steps but the score model's "
                 f"Markov-blanket window needs at least `window`={self.window}"
             )
-        if self.autoencoder is not None:
-            factor = int(self.autoencoder.config.downsample_factor)
-            if any(s % factor for s in space):
-                raise ValueError(
-                    f"spatial shape {space} must be divisible by the autoencoder's "
-                    f"downsample_factor {factor}"
-                )
-            channels = int(self.autoencoder.config.latent_channels)
-            latent_space = tuple(s // factor for s in space)
-        else:
-            channels, latent_space = levels, space
+        try:
+            latent_space = self.autoencoder.latent_shape(space)
+        except ValueError as error:
+            raise ValueError(
+                f"the state's spatial shape {space} does not fit the autoencoder: {error}"
+            ) from error
+        channels = self.autoencoder.latent_channels
         widths = getattr(self.score_model.config, "hidden_channels", None)
         if widths is not None and any(n % 2 ** (len(widths) - 1) for n in latent_space):
             raise ValueError(
@@ -268,55 +259,10 @@ class SLAMSPipeline(DiffusionPipeline):
             )
         return _Grid(time, levels, space, channels, latent_space)
 
-    def _routes(self, observations: Sequence[Observation], guidance: str | dict) -> list[str]:
-        """The route of each observation; raises for routes that cannot be taken."""
-        known = set(self.observation_encoder.modality_names) if self.observation_encoder else set()
-        if isinstance(guidance, str):
-            choices, default = {}, guidance
-        elif isinstance(guidance, dict):
-            unknown = set(guidance) - {o.modality for o in observations}
-            if unknown:
-                raise ValueError(
-                    f"`guidance` names modalities {sorted(unknown)} that no observation has"
-                )
-            choices, default = guidance, "auto"
-        else:
-            raise ValueError(
-                f"`guidance` must be a route name or a dict, got {type(guidance).__name__}"
-            )
-        routes = []
-        for observation in observations:
-            modality = observation.modality
-            encodable = modality in known or isinstance(observation, Background)
-            route = choices.get(modality, default)
-            if route == "auto":
-                route = "latent" if encodable else "decoded"
-            if route not in ROUTES:
-                raise ValueError(
-                    f"`guidance` must be one of {('auto', *ROUTES)} or a dict of them, "
-                    f"got {route!r}"
-                )
-            if route == "latent" and not encodable:
-                raise ValueError(
-                    f"unknown modality {modality!r} for the latent route: the "
-                    f"observation_encoder knows {sorted(known)}; use guidance='decoded' for it"
-                )
-            if route == "latent" and modality in known:
-                expected = self.observation_encoder.config.modalities[modality]["in_channels"]
-                channels = observation.to_grid()[0].shape[0]
-                if channels != expected:
-                    raise ValueError(
-                        f"`observations` of modality {modality!r} have {channels} channels "
-                        f"but the observation_encoder expects {expected}"
-                    )
-            routes.append(route)
-        return routes
-
     def check_inputs(
         self,
         *,
         background: Tensor | None,
-        background_error_std: float | Tensor,
         observations: Sequence[Observation],
         grid: _Grid,
         num_members: int,
@@ -326,6 +272,7 @@ class SLAMSPipeline(DiffusionPipeline):
         likelihood_covariance: str,
         gamma: float,
         cg_iterations: int,
+        analysis: str,
         output_type: str,
         generator: torch.Generator | list[torch.Generator] | None,
         member_batch_size: int | None,
@@ -347,18 +294,13 @@ class SLAMSPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`member_batch_size` must be an integer >= 1, got {member_batch_size!r}"
             )
-        error_std = torch.as_tensor(background_error_std)
-        if (error_std < 0).any() or not torch.isfinite(error_std).all():
-            raise ValueError(f"`background_error_std` must be finite and >= 0, got {error_std}")
+        if analysis not in ANALYSES:
+            raise ValueError(f"`analysis` must be one of {ANALYSES}, got {analysis!r}")
         if not tau > 0:
             raise ValueError(f"`tau` must be > 0, got {tau}")
         if not gamma >= 0:
             raise ValueError(f"`gamma` must be >= 0, got {gamma}")
-        if likelihood_covariance not in COVARIANCES:
-            raise ValueError(
-                f"`likelihood_covariance` must be one of {COVARIANCES}, "
-                f"got {likelihood_covariance!r}"
-            )
+        canonical_covariance(likelihood_covariance)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if isinstance(generator, list) and len(generator) != num_members:
@@ -389,64 +331,6 @@ class SLAMSPipeline(DiffusionPipeline):
                 raise ValueError(f"`observations[{index}].noise_std` must be >= 0")
 
     # ------------------------------------------------------------------ likelihood terms
-    def _latent_observations(
-        self, items: list[Observation], grid: _Grid, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor]:
-        """Fuse the latent-route observations of one time step into ``(mean, variance)``."""
-        means, logvars = [], []
-        for observation in items:
-            if (
-                self.observation_encoder is not None
-                and observation.modality in self.observation_encoder.modality_names
-            ):
-                values, mask = observation.to_grid()
-                mean, logvar = self.observation_encoder.encode_modality(
-                    observation.modality,
-                    values.to(device, dtype)[None],
-                    mask.to(device, dtype)[None],
-                    grid.latent_space,
-                )
-            else:
-                mean, logvar = self._encode_background(observation, device, dtype)
-            means.append(mean[0])
-            logvars.append(logvar[0])
-        mean, logvar = fuse_gaussians(means, logvars)
-        return mean, logvar.exp()
-
-    def _encode_background(
-        self, background: Observation, device: torch.device, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor]:
-        """Latent mean and log-variance of a background ``x_b`` with error std ``σ_b``.
-
-        Pixel space: exact, ``((x_b - μ)/s, log (σ_b/s)²)``. Latent space: ``E(x_b)`` and the
-        per-cell variance of ``E(x_b + σ_b ξ)`` over a fixed set of Monte-Carlo draws ``ξ``.
-        """
-        values = background.values.to(device, dtype)[None, None]
-        noise_std = torch.broadcast_to(
-            torch.as_tensor(background.noise_std, device=device, dtype=dtype), values.shape[2:]
-        )
-        if self.autoencoder is None:
-            _, std = self._pixel_statistics(values)
-            variance = (noise_std / std) ** 2
-            return self.encode(values)[:, 0], variance.clamp_min(1e-12).log()[None]
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        draws = torch.randn((_BACKGROUND_ENCODING_SAMPLES, *values.shape[1:]), generator=generator)
-        latents = self.encode(values + noise_std * draws.to(device, dtype))[:, 0]
-        return latents.mean(0, keepdim=True), latents.var(0, keepdim=True).clamp_min(1e-12).log()
-
-    def _decoded_term(
-        self, observation: Observation, device: torch.device, dtype: torch.dtype
-    ) -> GaussianTerm:
-        observation = observation.to(device=device, dtype=dtype)
-        index = observation.time_index
-
-        def observe(latent: Tensor) -> Tensor:
-            return observation.operator(self.decode(latent[:, index : index + 1])[:, 0])
-
-        return GaussianTerm(
-            observe, observation.values, observation.noise_variance(), observation.mask
-        )
-
     def likelihood_terms(
         self,
         observations: Sequence[Observation],
@@ -455,52 +339,27 @@ class SLAMSPipeline(DiffusionPipeline):
         device: torch.device,
         dtype: torch.dtype,
     ) -> list[GaussianTerm]:
-        """Gaussian terms: one per decoded observation, one fused latent term per time step."""
-        terms = [
-            self._decoded_term(o, device, dtype)
-            for o, route in zip(observations, routes, strict=True)
-            if route == "decoded"
-        ]
-        by_time: dict[int, list[Observation]] = {}
+        """Gaussian terms: one per decoded observation, one per latent background step, one fused
+        term per step for the encoded observations (docs/method.md §Routes)."""
+        level_std = torch.as_tensor(
+            self.autoencoder.config.level_std or [1.0] * self.levels, device=device, dtype=dtype
+        )
+        terms, encoded = [], {}
         for observation, route in zip(observations, routes, strict=True):
-            if route == "latent":
-                by_time.setdefault(observation.time_index, []).append(observation)
-        for index, items in sorted(by_time.items()):
-            with torch.no_grad():
-                mean, variance = self._latent_observations(items, grid, device, dtype)
+            observation = observation.to(device=device, dtype=dtype)
+            if route == "decoded":
+                terms.append(decoded_term(observation, self.decode, level_std))
+            elif isinstance(observation, Background):
+                terms.append(latent_background_term(observation, self.encode))
+            else:
+                encoded.setdefault(observation.time_index, []).append(observation)
+        for index, items in sorted(encoded.items()):
             terms.append(
-                GaussianTerm(
-                    lambda latent, index=index: latent[:, index],
-                    mean,
-                    variance,
-                    torch.ones_like(mean, dtype=torch.bool),
+                encoded_observation_term(
+                    items, index, self.observation_encoder, grid.latent_space, device, dtype
                 )
             )
         return terms
-
-    def guided_epsilon(
-        self,
-        latents: Tensor,
-        t: Tensor,
-        terms: Sequence[GaussianTerm],
-        likelihood_covariance: str,
-        gamma: float,
-        cg_iterations: int,
-    ) -> Tensor:
-        """``ε̃ = ε_θ(z_t, t) - sigma_t ∇_{z_t} log p(y | z_t)``."""
-        alpha, sigma = self.scheduler.alpha_sigma(t)
-        alpha, sigma = alpha.to(latents), sigma.to(latents)
-        if not terms:
-            with torch.no_grad():
-                return self.epsilon(latents, t)
-        with torch.enable_grad():
-            z_t = latents.detach().requires_grad_(True)
-            eps = self.epsilon(z_t, t)
-            z_hat = (z_t - sigma * eps) / alpha
-            score = likelihood_score(
-                z_t, z_hat, terms, alpha, sigma, likelihood_covariance, gamma, cg_iterations
-            )
-        return eps.detach() - sigma * score
 
     # ------------------------------------------------------------------ outputs
     def _to_output(
@@ -539,6 +398,71 @@ class SLAMSPipeline(DiffusionPipeline):
         return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
 
     # ------------------------------------------------------------------ call
+    def _background_covariance(self, background_error_std, background_error_covariance, grid):
+        """``B``: the declared covariance, else the diagonal of ``background_error_std``, else the
+        pipeline's ``background_covariance``, else 1 K white."""
+        if background_error_covariance is None and background_error_std is None:
+            background_error_covariance = self.background_covariance
+        if background_error_covariance is None:
+            std = 1.0 if background_error_std is None else background_error_std
+            std = torch.as_tensor(std, dtype=torch.float64)
+            if std.dim() == 1 and std.numel() == grid.levels:
+                std = std.reshape(-1, *([1] * len(grid.space)))
+            try:
+                std = torch.broadcast_to(std, (grid.levels, *grid.space))
+            except RuntimeError as error:
+                raise ValueError(
+                    "`background_error_std` must be a scalar, one value per level "
+                    f"({grid.levels}) or broadcastable to {(grid.levels, *grid.space)}, got shape "
+                    f"{tuple(std.shape)}"
+                ) from error
+            if (std < 0).any() or not torch.isfinite(std).all():
+                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
+            return DiagonalCovariance.from_std(std, grid.levels, grid.space)
+        for name in ("apply", "solve", "sample", "variance"):
+            if not callable(getattr(background_error_covariance, name, None)):
+                raise ValueError(
+                    "`background_error_covariance` must be a covariance object with apply, solve, "
+                    f"sample and variance (slams_diffusers.covariance), got "
+                    f"{type(background_error_covariance).__name__}"
+                )
+        found = (background_error_covariance.levels, tuple(background_error_covariance.grid_shape))
+        if found != (grid.levels, grid.space):
+            raise ValueError(
+                f"`background_error_covariance` is for (levels, grid) = {found}; the background "
+                f"has {(grid.levels, grid.space)}"
+            )
+        return background_error_covariance
+
+    def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
+        """How many Langevin corrections follow each predictor step, and their ``τ`` (the
+        scheduler's config unless given)."""
+        config = self.scheduler.config
+        steps = config.corrector_steps if corrector_steps is None else corrector_steps
+        return steps, (config.tau if tau is None else tau)
+
+    def _warn_out_of_range(self, members: Tensor, threshold: float = 8.0) -> None:
+        """Warn when an analysis leaves the training data's range (``level_mean ± threshold
+        level_std``) by a wide margin: the prior was never trained there."""
+        config = self.autoencoder.config
+        if config.level_mean is None or config.level_std is None:
+            return
+        shape = (-1,) + (1,) * self.spatial_dims
+        mean = torch.as_tensor(config.level_mean).to(members).reshape(shape)
+        std = torch.as_tensor(config.level_std).to(members).reshape(shape)
+        deviation = ((members - mean) / std).abs()
+        worst = float(deviation.max()) if deviation.numel() else 0.0
+        if not worst > threshold:
+            return
+        level = int(deviation.amax(dim=tuple(d for d in range(members.dim()) if d != 2)).argmax())
+        logger.warning(
+            f"The analysis leaves the range of the model's training data: up to {worst:.1f} "
+            f"climatological std from the level mean at level {level} (mean "
+            f"{float(mean.reshape(-1)[level]):.1f}, std {float(std.reshape(-1)[level]):.2f}); "
+            f"extremes {float(members.min()):.4g} to {float(members.max()):.4g}. Check the inputs' "
+            "units and levels, or use more inference steps."
+        )
+
     @torch.no_grad()
     def __call__(
         self,
@@ -549,10 +473,13 @@ class SLAMSPipeline(DiffusionPipeline):
         corrector_steps: int | None = None,
         tau: float | None = None,
         guidance: str | dict[str, str] = "auto",
-        likelihood_covariance: str = "tweedie",
+        likelihood_covariance: str = "moment_matching",
         gamma: float = 1e-2,
         cg_iterations: int = 3,
-        background_error_std: float | Tensor = 1.0,
+        background_error_std: float | Sequence[float] | Tensor | None = None,
+        background_error_covariance: Any = None,
+        analysis: str = "full",
+        climatology_snr: tuple[float, float] | None = (0.05, 0.2),
         num_frames: int | None = None,
         member_batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -565,20 +492,33 @@ class SLAMSPipeline(DiffusionPipeline):
 
         Args:
             background: forecast ``x_b``: ``xarray.DataArray`` with a ``level`` dim (and
-                optionally ``time``), a tensor ``(time, level, *space)`` or ``(level, *space)``,
-                or a :class:`Background`. Its coordinates and attributes carry over to the output.
-            observations: :class:`Observation` objects; NaN values are missing.
+                optionally ``time``), a tensor ``(time, level, *space)`` or ``(level, *space)``.
+                Its coordinates and attributes carry over to the output.
+            observations: :class:`Observation` objects; NaN values are missing, and an
+                observation without any value changes nothing.
             num_members: ensemble size.
             num_inference_steps: predictor steps from t = 1 to ``sampling_eps``.
             corrector_steps, tau: Langevin corrections after each predictor step and their
                 step-size factor (defaults from the scheduler config).
             guidance: ``"latent"`` (encoded observations against ẑ, SLAMS), ``"decoded"``
                 (operators on ``D(ẑ)``), ``"auto"`` (latent where the observation encoder knows the
-                modality, and for the background; decoded otherwise), or ``{modality: route}``.
-            likelihood_covariance: ``"tweedie"`` (moment matching) or ``"diagonal"`` (γ).
-            gamma: γ of the diagonal covariance ``γ (sigma_t/alpha_t)² I``.
-            cg_iterations: conjugate-gradient iterations of the tweedie covariance.
-            background_error_std: error std ``σ_b`` (K) of a background given as array/tensor.
+                modality; the background latent through a learned autoencoder), or
+                ``{modality: route}``.
+            likelihood_covariance: ``"moment_matching"`` (MMPS; alias ``"tweedie"``) or
+                ``"diagonal"`` (γ, as SDA).
+            gamma: γ of the diagonal covariance ``γ (sigma_t/alpha_t)² I`` in normalised units
+                (fractions of the climatological variance), whatever the observations' units.
+            cg_iterations: conjugate-gradient iterations of moment matching.
+            background_error_std: ``σ_b`` (K): a scalar, one per level or per cell; a diagonal
+                ``B``. Default: the pipeline's ``background_covariance``, else 1 K.
+            background_error_covariance: ``B`` as a covariance object
+                (:class:`~slams_diffusers.covariance.SpectralCovariance`, ...); wins over
+                ``background_error_std``.
+            analysis: ``"full"`` (the decoded analysis ``D(z_a)``) or ``"incremental"``
+                (``x_b + D(z_a) − D(E(x_b))``: keeps what the autoencoder cannot represent from
+                the background; docs/method.md §Analysis).
+            climatology_snr: where the learned ε gives way to the climatology's at high noise
+                (:class:`~slams_diffusers.guidance.GuidedScore`); ``None`` never.
             num_frames: window length when there is no background (default: the score window).
             member_batch_size: members per batch (default: all at once); results do not depend
                 on it when ``generator`` is a list with one generator per member.
@@ -588,16 +528,12 @@ class SLAMSPipeline(DiffusionPipeline):
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` after each
                 predictor-corrector step; may replace ``"latents"``.
         """
-        corrector_steps = (
-            self.scheduler.config.corrector_steps if corrector_steps is None else corrector_steps
-        )
-        tau = self.scheduler.config.tau if tau is None else tau
+        corrector_steps, tau = self._corrector(corrector_steps, tau)
         observations = list(observations)
         background, template = self._read_background(background)
         grid = self._grid(background, observations, num_frames)
         self.check_inputs(
             background=background,
-            background_error_std=background_error_std,
             observations=observations,
             grid=grid,
             num_members=num_members,
@@ -607,6 +543,7 @@ class SLAMSPipeline(DiffusionPipeline):
             likelihood_covariance=likelihood_covariance,
             gamma=gamma,
             cg_iterations=cg_iterations,
+            analysis=analysis,
             output_type=output_type,
             generator=generator,
             member_batch_size=member_batch_size,
@@ -615,21 +552,36 @@ class SLAMSPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(
                 "`callback_on_step_end_tensor_inputs` may only name "
-                f"{self._callback_tensor_inputs}, "
-                f"got {sorted(unknown)}"
+                f"{self._callback_tensor_inputs}, got {sorted(unknown)}"
             )
+        observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
+            covariance = self._background_covariance(
+                background_error_std, background_error_covariance, grid
+            )
+            std = covariance.variance().sqrt().to(background)
             observations += [
-                Background(values=values, noise_std=background_error_std, time_index=index)
+                Background(values=values, noise_std=std, time_index=index, covariance=covariance)
                 for index, values in enumerate(background)
             ]
-        routes = self._routes(observations, guidance)
+        routes = resolve_routes(
+            observations,
+            guidance,
+            self.observation_encoder,
+            linear_autoencoder=isinstance(self.autoencoder, LevelNormalizer),
+        )
 
-        device, dtype = self._execution_device, self._model_dtype
-        terms = self.likelihood_terms(observations, routes, grid, device, dtype)
+        device, dtype = self.device, self._model_dtype
+        guided = GuidedScore(
+            MarkovBlanketScore(self.score_model),
+            self.scheduler.alpha_sigma,
+            self.likelihood_terms(observations, routes, grid, device, dtype),
+            likelihood_covariance,
+            gamma,
+            cg_iterations,
+            climatology_snr,
+        )
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-
         batch = member_batch_size or num_members
         chunks = [
             range(start, min(start + batch, num_members)) for start in range(0, num_members, batch)
@@ -645,18 +597,12 @@ class SLAMSPipeline(DiffusionPipeline):
                 shape = (len(chunk), grid.time, grid.latent_channels, *grid.latent_space)
                 latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
                 latents = latents * self.scheduler.init_noise_sigma
-                for step, t in enumerate(timesteps):
+                for step, t in enumerate(self.scheduler.timesteps):
+                    latents = self.scheduler.step(guided(latents, t), t, latents).prev_sample
                     s = torch.as_tensor(self.scheduler.next_timestep(t), device=device)
-                    eps = self.guided_epsilon(
-                        latents, t, terms, likelihood_covariance, gamma, cg_iterations
-                    )
-                    latents = self.scheduler.step(eps, t, latents).prev_sample
                     for _ in range(corrector_steps):
-                        eps = self.guided_epsilon(
-                            latents, s, terms, likelihood_covariance, gamma, cg_iterations
-                        )
                         latents = self.scheduler.step_correct(
-                            eps, s, latents, generator=generators, tau=tau
+                            guided(latents, s), s, latents, generator=generators, tau=tau
                         ).prev_sample
                     if callback_on_step_end is not None:
                         available = {"latents": latents}
@@ -671,10 +617,17 @@ class SLAMSPipeline(DiffusionPipeline):
         if not torch.isfinite(latents).all():
             logger.warning(
                 "The analysis has non-finite values: the guidance was too stiff for the step "
-                "size. Try likelihood_covariance='tweedie', more steps or a larger gamma."
+                "size. Try likelihood_covariance='moment_matching' or more steps."
             )
 
-        members = latents if output_type == "latent" else self.decode(latents)
+        if output_type == "latent":
+            members = latents
+        else:
+            members = self.decode(latents)
+            if analysis == "incremental" and background is not None:
+                background = background.to(device, dtype)[None]
+                members = members + (background - self.decode(self.encode(background)))
+            self._warn_out_of_range(members)
         output = self._to_output(members, latents, output_type, template)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -22,6 +22,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .denoising import tweedie_denoise
+
 __all__ = ["VPPredictorCorrectorScheduler", "VPPredictorCorrectorSchedulerOutput"]
 
 _SCHEDULES = ("cosine", "linear")
@@ -230,7 +232,7 @@ class VPPredictorCorrectorScheduler(SchedulerMixin, ConfigMixin):
         eps = model_output.to(sample.dtype)
         r = alpha_s / alpha_t
         prev_sample = r * sample + (sigma_s - r * sigma_t) * eps
-        pred_original_sample = (sample - sigma_t * eps) / alpha_t
+        pred_original_sample = tweedie_denoise(sample, eps, alpha_t, sigma_t)
         output = VPPredictorCorrectorSchedulerOutput(prev_sample, pred_original_sample)
         return output if return_dict else output.to_tuple()
 
@@ -283,7 +285,7 @@ class VPPredictorCorrectorScheduler(SchedulerMixin, ConfigMixin):
             tuple(sample.shape), generator=generator, device=sample.device, dtype=sample.dtype
         )
         prev_sample = sample + delta * score + torch.sqrt(2.0 * delta) * noise
-        pred_original_sample = (sample - sigma_t * eps) / alpha_t
+        pred_original_sample = tweedie_denoise(sample, eps, alpha_t, sigma_t)
         output = VPPredictorCorrectorSchedulerOutput(prev_sample, pred_original_sample)
         return output if return_dict else output.to_tuple()
 

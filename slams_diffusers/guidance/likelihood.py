@@ -1,0 +1,126 @@
+"""Likelihood scores ``∇_{z_t} log p(y | z_t)`` (docs/method.md §Likelihood covariance).
+
+With the denoiser ``ẑ(z_t)`` (:func:`~slams_diffusers.schedulers.tweedie_denoise`), every term is
+``y ~ N(h(ẑ), Σ + V_t)`` and
+
+- ``"diagonal"`` (SDA, Rozet & Louppe 2023): ``V_t = γ (sigma_t/alpha_t)² scale² I``;
+- ``"moment_matching"`` (MMPS, Rozet et al. 2024; alias ``"tweedie"``): ``V_t = J_h Cov[z | z_t]
+  J_h^T`` with ``Cov[z | z_t] = sigma_t² / alpha_t · ∂ẑ/∂z_t``, applied by vector-Jacobian and
+  Jacobian-vector products and inverted with a few conjugate-gradient iterations over all terms
+  jointly (preconditioned by ``(Σ + c_t I)^{-1}``). Then ``sigma_t²/alpha_t ∇ log p = Cov J_h^T (Σ + V_t)^{-1} (y − h(ẑ))``: the guided
+  denoiser is the Kalman update of ẑ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .conjugate_gradient import batch_dot, conjugate_gradient
+from .terms import GaussianTerm
+
+__all__ = ["COVARIANCES", "canonical_covariance", "likelihood_score"]
+
+COVARIANCES = ("moment_matching", "diagonal")
+_ALIASES = {"tweedie": "moment_matching", "mmps": "moment_matching"}
+
+
+def canonical_covariance(name: str) -> str:
+    """The covariance's canonical name (``"tweedie"`` is the old name of moment matching)."""
+    name = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if name not in COVARIANCES:
+        raise ValueError(
+            f"`likelihood_covariance` must be one of {COVARIANCES} (or the alias 'tweedie'), "
+            f"got {name!r}"
+        )
+    return name
+
+
+def likelihood_score(
+    z_t: Tensor,
+    z_hat: Tensor,
+    terms: Sequence[GaussianTerm],
+    alpha: Tensor,
+    sigma: Tensor,
+    covariance: str = "moment_matching",
+    gamma: float = 1e-2,
+    cg_iterations: int = 3,
+) -> Tensor:
+    """``∇_{z_t} log p(y | z_t)`` summed over ``terms``.
+
+    ``z_hat`` must be computed from ``z_t`` with the autograd graph kept. ``"diagonal"`` needs one
+    vector-Jacobian product through the denoiser, ``"moment_matching"`` ``cg_iterations + 1``
+    (∂ẑ/∂z_t is symmetric, so a VJP applies it).
+    """
+    covariance = canonical_covariance(covariance)
+    if covariance == "diagonal":
+        inflation = gamma * (sigma / alpha) ** 2
+        log_p = 0.0
+        for term in terms:
+            residual = term.mask * (term.target - term.observe(z_hat))
+            log_p = log_p - 0.5 * torch.sum(residual * term.noise_solve(residual, inflation))
+        return torch.autograd.grad(log_p, z_t)[0]
+
+    x = z_hat.detach().requires_grad_(True)
+    with torch.enable_grad():
+        predictions = [term.observe(x) for term in terms]
+    masks = [term.mask for term in terms]
+
+    def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
+        return tuple(term.observe(latent) for term in terms)
+
+    def pull_back(vectors: list[Tensor]) -> Tensor:
+        """``Σ_m J_h_m^T v_m`` at ẑ."""
+        return torch.autograd.grad(predictions, x, vectors, retain_graph=True)[0]
+
+    def denoiser_vjp(vector: Tensor, retain: bool) -> Tensor:
+        return torch.autograd.grad(z_hat, z_t, vector, retain_graph=retain)[0]
+
+    posterior_scale = sigma**2 / alpha
+
+    def matvec(vectors: list[Tensor]) -> list[Tensor]:
+        """``(Σ + J_h Cov[z | z_t] J_h^T) v`` on the observed entries."""
+        latent_direction = denoiser_vjp(pull_back(vectors), retain=True)
+        _, pushed = torch.func.jvp(observe_all, (x.detach(),), (latent_direction,))
+        return [
+            m * (term.noise_apply(v) + posterior_scale * p)
+            for m, term, v, p in zip(masks, terms, vectors, pushed, strict=True)
+        ]
+
+    residuals = [
+        m * (term.target - p.detach()) for m, term, p in zip(masks, terms, predictions, strict=True)
+    ]
+    # Preconditioner (Σ + c_t scale² I)^{-1} with c_t = sigma_t²/(alpha_t² + sigma_t²), the
+    # climatology's Cov[z | z_t] in normalised units: exact where Σ or V_t dominates, and it makes
+    # a correlated Σ (e.g. a spectral B) cheap to invert in few iterations.
+    shift = sigma**2 / (alpha**2 + sigma**2)
+
+    def precondition(vectors: list[Tensor]) -> list[Tensor]:
+        return [
+            m * term.noise_solve(v, shift) for m, term, v in zip(masks, terms, vectors, strict=True)
+        ]
+
+    solution = conjugate_gradient(matvec, residuals, cg_iterations, precondition)
+    score = denoiser_vjp(pull_back(solution), retain=False)
+    return score * _kalman_bound(observe_all, x.detach(), posterior_scale * score, residuals, masks)
+
+
+def _kalman_bound(
+    observe_all, x: Tensor, update: Tensor, residuals: list[Tensor], masks: list[Tensor]
+) -> Tensor:
+    """Per-sample factor in ``[0, 1]`` that keeps the guided denoiser's update ``Δẑ`` a Kalman
+    update: seen by the observations it moves towards them (``<J_h Δẑ, r> >= 0``) and by no more
+    than the innovation (``|J_h Δẑ| <= |r|``), as ``J_h K`` with a Kalman gain ``K`` does. A
+    Gaussian prior's update is never changed; a learned denoiser's indefinite Jacobian at high
+    noise would otherwise step away from, or far past, the data (docs/method.md §Stability)."""
+    _, pushed = torch.func.jvp(observe_all, (x,), (update.detach(),))
+    pushed = [m * p for m, p in zip(masks, pushed, strict=True)]
+    towards = batch_dot(pushed, residuals)
+    ratio = batch_dot(pushed, pushed).sqrt() / batch_dot(residuals, residuals).sqrt().clamp_min(
+        torch.finfo(update.dtype).tiny
+    )
+    factor = torch.where(ratio > 1, 1 / ratio, torch.ones_like(ratio))
+    factor = torch.where(towards >= 0, factor, torch.zeros_like(factor))
+    return factor.reshape(-1, *([1] * (update.dim() - 1)))

@@ -1,0 +1,93 @@
+"""Level normaliser: the pixel-space "autoencoder" (SDA), ``z = (x - level_mean) / level_std``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from .layers import channel_values, validate_spatial_dims
+
+__all__ = ["LevelNormalizer"]
+
+
+class LevelNormalizer(ModelMixin, ConfigMixin):
+    """Pixel space as an autoencoder component: ``encode(x) = (x - μ_l) / s_l`` per level,
+    ``decode(z) = μ_l + s_l z``; the diffusion runs on level-normalised states (SDA, Rozet &
+    Louppe 2023). Same interface as :class:`StateAutoencoder` (``encode``, ``decode``,
+    ``latent_shape``, ``latent_channels``, ``level_mean``/``level_std`` in the config), so a
+    pipeline has no pixel-space special case (docs/method.md §Spaces).
+
+    Args:
+        levels: number of vertical levels (channels of the state and of its "latent").
+        spatial_dims: 1 (``(level, x)``) or 2 (``(level, y, x)``).
+        level_mean, level_std: per-level statistics [K]; ``None`` -> 0 / 1.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        levels: int = 5,
+        spatial_dims: int = 2,
+        level_mean: Sequence[float] | None = None,
+        level_std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        validate_spatial_dims(spatial_dims)
+        if levels < 1:
+            raise ValueError(f"`levels` must be >= 1, got {levels}.")
+        mean = channel_values(level_mean, levels, "level_mean", 0.0)
+        std = channel_values(level_std, levels, "level_std", 1.0)
+        if any(s <= 0 for s in std):
+            raise ValueError(f"`level_std` must be positive, got {std}.")
+        self.register_to_config(
+            level_mean=None if level_mean is None else mean,
+            level_std=None if level_std is None else std,
+        )
+        self.register_buffer("norm_mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(std), persistent=False)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.levels)
+
+    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """The grid is unchanged (``f = 1``)."""
+        shape = tuple(int(s) for s in spatial_shape)
+        if len(shape) != self.config.spatial_dims or any(s <= 0 for s in shape):
+            raise ValueError(
+                f"`spatial_shape` must have {self.config.spatial_dims} positive sizes, got {shape}."
+            )
+        return shape
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1,) + (1,) * self.config.spatial_dims
+        mean = self.norm_mean.to(like).reshape(shape)
+        return mean, self.norm_std.to(like).reshape(shape)
+
+    def _check(self, t: torch.Tensor, name: str) -> None:
+        rank = 3 + self.config.spatial_dims
+        if not isinstance(t, torch.Tensor) or t.ndim != rank or t.shape[2] != self.config.levels:
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"`{name}` must be a {rank}-D tensor (B, T, levels={self.config.levels}, *space), "
+                f"got {found}."
+            )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, T, levels, *space)`` [K] -> ``(x - μ) / s``."""
+        self._check(x, "x")
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` ``(B, T, levels, *space)`` -> ``μ + s z`` [K]."""
+        self._check(z, "z")
+        mean, std = self._stats(z)
+        return z * std + mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` (the identity up to round-off)."""
+        return self.decode(self.encode(x))
