@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import slams_diffusers.data.testbed as testbed
-from slams_diffusers import ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
+from slams_diffusers import LevelNormalizer, ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
 from slams_diffusers.cli import main
 from slams_diffusers.metrics import rmse
 from slams_diffusers.pipelines import AssimilationOutput
@@ -30,15 +30,14 @@ ARGV = ["--members", "2", "--steps", "2", "--spinup-steps", "50"]
 def pipeline_folder(tmp_path_factory):
     torch.manual_seed(0)
     pipe = SLAMSPipeline(
-        score_model=ScoreNet(
-            in_channels=5,
-            window=5,
-            hidden_channels=(8, 16),
-            layers_per_block=1,
+        score_model=ScoreNet(in_channels=5, window=5, hidden_channels=(8, 16), layers_per_block=1),
+        scheduler=VPPredictorCorrectorScheduler(),
+        autoencoder=LevelNormalizer(
+            levels=5,
+            spatial_dims=2,
             level_mean=[268.0, 258.0, 242.0, 224.0, 217.0],
             level_std=[4.0, 4.0, 3.0, 3.0, 2.0],
         ),
-        scheduler=VPPredictorCorrectorScheduler(),
     )
     folder = tmp_path_factory.mktemp("demo-pipe")
     pipe.save_pretrained(folder)

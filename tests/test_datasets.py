@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from slams_diffusers import ScoreNet, StateAutoencoder
+from slams_diffusers import LevelNormalizer, StateAutoencoder
 from slams_diffusers.data.datasets import (
     LevelStatistics,
     WindowDataset,
@@ -198,8 +198,9 @@ def test_level_statistics_equal_numpy_and_fit_models():
         levels=3, latent_channels=2, downsample_factor=1, hidden_channels=(4,), **config
     )
     assert LevelStatistics.from_config(ae.config).as_config() == config
-    net = ScoreNet(in_channels=3, hidden_channels=(4,), layers_per_block=1, **config)
-    assert list(net.config.level_std) == stats.std
+    normalizer = LevelNormalizer(levels=3, spatial_dims=2, **config)
+    assert list(normalizer.config.level_std) == stats.std
+    assert LevelStatistics.from_config(normalizer.config).as_config() == config
     assert LevelStatistics.from_dict(stats.to_dict()) == stats
 
 

@@ -16,8 +16,8 @@ def field() -> GaussianProblem:
     return gaussian_field_problem(seed=0)
 
 
-def test_tweedie_reproduces_kalman_posterior(field):
-    mean_error, variance_ratio = assimilate(field, "tweedie")
+def test_moment_matching_reproduces_kalman_posterior(field):
+    mean_error, variance_ratio = assimilate(field, "moment_matching")
     assert mean_error < 0.1
     assert abs(variance_ratio - 1) < 0.1
 
@@ -40,6 +40,6 @@ def test_posterior_is_not_the_prior(field):
 def test_markov_blanket_composition_reproduces_trajectory_posterior():
     problem = ar1_trajectory_problem(frames=9, window=5, seed=0)
     assert problem.pipeline.score_model.config.window == 5
-    mean_error, variance_ratio = assimilate(problem, "tweedie")
+    mean_error, variance_ratio = assimilate(problem, "moment_matching")
     assert mean_error < 0.1
     assert abs(variance_ratio - 1) < 0.1
