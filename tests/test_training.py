@@ -22,6 +22,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from slams_diffusers import LevelNormalizer
 from slams_diffusers.training import (
     add_training_arguments,
     batch_indices,
@@ -481,14 +482,19 @@ def test_pixel_pipeline_end_to_end(tiny_data, test_states, train_statistics, tmp
     assert number_of_processes(latest_checkpoint(tmp_path)) == 1
     assert stdout.count("saved the pipeline") == 1
     folder = tmp_path / "pipeline"
-    assert not (folder / "autoencoder").exists()
-    readme = check_pipeline_folder(folder, {"score_model"})
+    # pixel space: the "autoencoder" is a level normaliser, without parameters
+    readme = check_pipeline_folder(folder, {"score_model", "autoencoder"})
     assert "train_score.py --data" in readme and "pixel" in readme
+    assert load_file(folder / "autoencoder" / "diffusion_pytorch_model.safetensors") == {}
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["autoencoder"] == ["slams_diffusers.models.level_normalizer", "LevelNormalizer"]
 
     pipe, _ = assimilate(folder, test_states)
-    assert pipe.autoencoder is None and pipe.observation_encoder is None
-    config = pipe.score_model.config
-    assert config.in_channels == 5  # the levels themselves
+    assert isinstance(pipe.autoencoder, LevelNormalizer) and pipe.observation_encoder is None
+    assert pipe.score_model.config.in_channels == 5  # the levels themselves
+    assert "level_mean" not in pipe.score_model.config
+    config = pipe.autoencoder.config
+    assert config.levels == 5 and config.spatial_dims == 2
     assert config.level_mean == pytest.approx(train_statistics.mean, rel=1e-5)
     assert config.level_std == pytest.approx(train_statistics.std, rel=1e-4)
 

@@ -4,11 +4,12 @@
 
 With ``--autoencoder DIR`` (the output of ``train_autoencoder.py``) the training trajectories are
 encoded once with the frozen autoencoder and kept (the latent cache); without it the score net
-learns the level-normalised states themselves (pixel space: the SDA baseline). Windows of
+learns the level-normalised states themselves (pixel space: the SDA baseline; the "autoencoder" is
+a ``LevelNormalizer`` with the training data's per-level statistics). Windows of
 ``--window = 2k + 1`` consecutive steps never cross trajectories; the loss is the ε loss. At the end
-the whole ``SLAMSPipeline`` is saved to ``OUTPUT_DIR/pipeline`` (EMA weights, statistics in the
-model configs, a model card as README.md, its inputs in model_card.json), then uploaded with
-``--push_to_hub``.
+the whole ``SLAMSPipeline`` is saved to ``OUTPUT_DIR/pipeline`` (EMA weights, level statistics in
+the autoencoder's config, a model card as README.md, its inputs in model_card.json), then uploaded
+with ``--push_to_hub``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from slams_diffusers import (
+    LevelNormalizer,
     ObservationEncoder,
     ScoreNet,
     SLAMSPipeline,
@@ -70,23 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cache_trajectories(
-    data, autoencoder, stats: LevelStatistics, batch: int, device
-) -> torch.Tensor:
-    """The training trajectories in diffusion space, ``(N, T, C, *space)``: ``E(x)`` with an
-    autoencoder, else ``(x - mean_l) / std_l``. Read one trajectory at a time (lazy stores)."""
+def pixel_space(data) -> LevelNormalizer:
+    """The pixel-space "autoencoder": ``(x - mean_l) / std_l`` with the per-level statistics of
+    ``data`` (``(trajectory?, time, level, *space)``)."""
+    stats = LevelStatistics.compute(data)
+    spatial_dims = data.ndim - (3 if "trajectory" in data.dims else 2)
+    return LevelNormalizer(
+        levels=data.sizes["level"], spatial_dims=spatial_dims, **stats.as_config()
+    )
+
+
+def cache_trajectories(data, autoencoder, batch: int, device) -> torch.Tensor:
+    """The training trajectories in diffusion space, ``(N, T, C, *space)``: ``E(x)`` (a learned
+    autoencoder, or the level normaliser ``(x - mean_l) / std_l``). Read one trajectory at a time
+    (lazy stores)."""
     if "trajectory" not in data.dims:
         data = data.expand_dims("trajectory")
-    view = (-1,) + (1,) * (data.ndim - 3)
-    mean = torch.tensor(stats.mean, dtype=torch.float32, device=device).reshape(view)
-    std = torch.tensor(stats.std, dtype=torch.float32, device=device).reshape(view)
     cached = []
     for i in range(data.sizes["trajectory"]):
         values = np.asarray(data.isel(trajectory=i).values, dtype=np.float32)
         states = torch.from_numpy(values).to(device)
-        if autoencoder is None:
-            cached.append((states - mean) / std)
-            continue
         with torch.no_grad():
             cached.append(
                 torch.cat(
@@ -106,19 +111,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
 
     data = load_training_data(args, args.split)
-    autoencoder = encoder = None
+    encoder = None
     if args.autoencoder is not None:
         folder = Path(args.autoencoder)
         autoencoder = StateAutoencoder.from_pretrained(folder / "autoencoder")
-        autoencoder.requires_grad_(False).eval().to(accelerator.device)
         if (folder / "observation_encoder").is_dir():
             encoder = ObservationEncoder.from_pretrained(folder / "observation_encoder")
-        stats = LevelStatistics(
-            list(autoencoder.config.level_mean), list(autoencoder.config.level_std)
-        )
     else:
-        stats = LevelStatistics.compute(data)
-    cache = cache_trajectories(data, autoencoder, stats, args.encode_batch_size, accelerator.device)
+        autoencoder = pixel_space(data)
+    autoencoder.requires_grad_(False).eval().to(accelerator.device)
+    cache = cache_trajectories(data, autoencoder, args.encode_batch_size, accelerator.device)
     num_trajectories, steps = cache.shape[:2]
     if args.window > steps:
         raise ValueError(f"--window {args.window} is longer than the trajectories ({steps} steps)")
@@ -133,7 +135,6 @@ def main(argv: list[str] | None = None) -> None:
         layers_per_block=args.layers_per_block,
         periodic=args.periodic,
         time_embedding_dim=args.time_embedding_dim,
-        **({} if autoencoder is not None else stats.as_config()),
     )
     scheduler = VPPredictorCorrectorScheduler(schedule=args.schedule)
     ema = make_ema(score_model, args)
@@ -211,9 +212,10 @@ def describe(pipeline: SLAMSPipeline, cache: torch.Tensor, args: argparse.Namesp
             ("autoencoder", pipeline.autoencoder),
             ("observation_encoder", pipeline.observation_encoder),
         )
-        if module is not None
+        if module is not None and any(True for _ in module.parameters())
     }
-    space = "latent" if pipeline.autoencoder is not None else "pixel (SDA baseline)"
+    pixel = isinstance(pipeline.autoencoder, LevelNormalizer)
+    space = "pixel (SDA baseline)" if pixel else "latent"
     shape = "x".join(str(s) for s in cache.shape[2:])
     counts = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sizes.items())
     return (
