@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slams_diffusers import SLAMSPipeline
+from slams_diffusers import LevelNormalizer, SLAMSPipeline, StateAutoencoder
 from slams_diffusers.cli import EMBEDDED_PIPELINE, main
 
 PIPELINES = Path(__file__).parents[1] / "pipelines"
@@ -28,13 +28,16 @@ def test_embedded_pipeline_folder(name, monkeypatch):
     model_card = (PIPELINES.parent / "model_cards" / f"{name}.md").read_text()
     assert model_card == card
     pipe = SLAMSPipeline.from_pretrained(folder)
-    assert (pipe.autoencoder is not None) == (name == "slams-qg-tiny")
+    latent = name == "slams-qg-tiny"
+    assert isinstance(pipe.autoencoder, StateAutoencoder if latent else LevelNormalizer)
     assert pipe.window == 5
-    if pipe.autoencoder is not None:
-        assert len(pipe.autoencoder.config.level_mean) == 5
+    assert len(pipe.autoencoder.config.level_mean) == len(pipe.autoencoder.config.level_std) == 5
+    if latent:
         assert pipe.observation_encoder.modality_names == ["gridded", "satellite", "stations"]
     else:
-        assert len(pipe.score_model.config.level_std) == 5
+        assert pipe.observation_encoder is None
+        assert "level_mean" not in pipe.score_model.config
+        assert pipe.score_model.config.in_channels == 5
     stored = json.loads((folder / "model_card.json").read_text())
     evaluation = stored["evaluation"]
     analysis, background = (
