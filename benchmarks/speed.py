@@ -4,7 +4,7 @@ Untrained models of the default sizes, a 5-level 64x64 state, stations + satelli
 background, 32 members, 64 steps, 1 correction, in one run; each space runs in its own
 process so that its peak memory is its own.
 
-    OMP_NUM_THREADS=2 python benchmarks/speed.py [--covariance tweedie] [--device cpu]
+    OMP_NUM_THREADS=2 python benchmarks/speed.py [--covariance moment_matching] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ STD = [4.0, 4.0, 3.5, 3.0, 3.0]
 
 def build(space: str):
     from slams_diffusers import (
+        LevelNormalizer,
         ObservationEncoder,
         ScoreNet,
         SLAMSPipeline,
@@ -35,8 +36,11 @@ def build(space: str):
     torch.manual_seed(0)
     if space == "pixel":
         return SLAMSPipeline(
-            score_model=ScoreNet(in_channels=LEVELS, level_mean=MEAN, level_std=STD),
+            score_model=ScoreNet(in_channels=LEVELS),
             scheduler=VPPredictorCorrectorScheduler(),
+            autoencoder=LevelNormalizer(
+                levels=LEVELS, spatial_dims=2, level_mean=MEAN, level_std=STD
+            ),
         )
     return SLAMSPipeline(
         score_model=ScoreNet(),
@@ -130,7 +134,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--corrector_steps", type=int, default=1)
-    parser.add_argument("--covariance", default="tweedie", choices=["tweedie", "diagonal"])
+    parser.add_argument(
+        "--covariance",
+        default="moment_matching",
+        choices=["moment_matching", "tweedie", "diagonal"],  # "tweedie": moment matching
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--name", default="speed")
