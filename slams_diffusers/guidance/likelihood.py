@@ -7,8 +7,9 @@ With the denoiser ``ẑ(z_t)`` (:func:`~slams_diffusers.schedulers.tweedie_denoi
 - ``"moment_matching"`` (MMPS, Rozet et al. 2024; alias ``"tweedie"``): ``V_t = J_h Cov[z | z_t]
   J_h^T`` with ``Cov[z | z_t] = sigma_t² / alpha_t · ∂ẑ/∂z_t``, applied by vector-Jacobian and
   Jacobian-vector products and inverted with a few conjugate-gradient iterations over all terms
-  jointly (preconditioned by ``(Σ + c_t I)^{-1}``). Then ``sigma_t²/alpha_t ∇ log p = Cov J_h^T (Σ + V_t)^{-1} (y − h(ẑ))``: the guided
-  denoiser is the Kalman update of ẑ.
+  jointly (preconditioned by ``(Σ + c_t I)^{-1}``). Then
+  ``sigma_t²/alpha_t ∇ log p = Cov J_h^T (Σ + V_t)^{-1} (y − h(ẑ))``: the guided denoiser is the
+  Kalman update of ẑ, kept one (bounded, towards the data) when a learned Jacobian is not.
 """
 
 from __future__ import annotations
