@@ -40,14 +40,15 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
             raise ValueError(f"`levels` must be >= 1, got {levels}.")
         mean = channel_values(level_mean, levels, "level_mean", 0.0)
         std = channel_values(level_std, levels, "level_std", 1.0)
-        if any(s <= 0 for s in std):
+        if not all(s > 0 for s in std):
             raise ValueError(f"`level_std` must be positive, got {std}.")
         self.register_to_config(
             level_mean=None if level_mean is None else mean,
             level_std=None if level_std is None else std,
         )
-        self.register_buffer("norm_mean", torch.tensor(mean), persistent=False)
-        self.register_buffer("norm_std", torch.tensor(std), persistent=False)
+        # persistent: a model without any state would be saved without a weights file
+        self.register_buffer("norm_mean", torch.tensor(mean))
+        self.register_buffer("norm_std", torch.tensor(std))
 
     @property
     def latent_channels(self) -> int:
