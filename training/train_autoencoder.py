@@ -26,7 +26,12 @@ import torch
 
 from slams_diffusers import ObservationEncoder, StateAutoencoder
 from slams_diffusers.data.datasets import LevelStatistics
-from slams_diffusers.data.observing import MODALITIES, random_observations
+from slams_diffusers.data.observing import (
+    MODALITIES,
+    TRAINING_NOISE_STD,
+    log_uniform_rms,
+    random_observations,
+)
 from slams_diffusers.observations import gaussian_weighting_functions
 from slams_diffusers.training import (
     MetricsLog,
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def modality_specs(args, stats: LevelStatistics, pressures: np.ndarray) -> dict:
     """Encoder inputs: levels for stations / gridded fields, the instrument's channels for the
-    satellite, normalised with the level statistics (columns: weighted means and stds)."""
+    satellite, normalised with the level statistics (columns: weighted means and stds); the noise
+    std each encoder's variance is calibrated for (the rms of its training noise range)."""
     specs = {}
     for name in args.modalities:
         if name == "satellite":
@@ -110,6 +116,7 @@ def modality_specs(args, stats: LevelStatistics, pressures: np.ndarray) -> dict:
                 "input_mean": list(stats.mean),
                 "input_std": list(stats.std),
             }
+        specs[name]["reference_noise_std"] = log_uniform_rms(*TRAINING_NOISE_STD[name])
     return specs
 
 

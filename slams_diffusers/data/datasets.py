@@ -284,7 +284,7 @@ class LevelStatistics:
     """Per-level mean and standard deviation [K], over all dims but ``level``.
 
     Computed once from the training data and stored with the model:
-    ``StateAutoencoder(**stats.as_config(), ...)`` or ``ScoreNet(**stats.as_config(), ...)``.
+    ``StateAutoencoder(**stats.as_config(), ...)`` or ``LevelNormalizer(**stats.as_config(), ...)`` (pixel space).
 
     Attributes:
         mean: ``(level,)`` means, plain floats.

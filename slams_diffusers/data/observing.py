@@ -580,6 +580,17 @@ def degraded_field(
 # --------------------------------------------------------------------------- the mix
 
 
+#: Noise std ranges [K] (log-uniform) of :func:`random_observations`, per modality.
+TRAINING_NOISE_STD = {"stations": (0.1, 2.0), "satellite": (0.3, 2.0), "gridded": (0.1, 4.0)}
+
+
+def log_uniform_rms(low: float, high: float) -> float:
+    """``sqrt(E[σ²])`` for ``σ`` log-uniform on ``[low, high]``: the noise std an encoder trained on
+    that range is calibrated for on average (its ``reference_noise_std``, docs/method.md §Declared
+    errors)."""
+    return math.sqrt((high**2 - low**2) / (2 * math.log(high / low)))
+
+
 def random_observations(
     truth: Tensor,
     generator: torch.Generator | None = None,
@@ -589,7 +600,7 @@ def random_observations(
     keep_probability: float = 0.75,
     min_modalities: int = 1,
     station_count: tuple[int, int] = (4, 256),
-    station_noise: tuple[float, float] = (0.1, 2.0),
+    station_noise: tuple[float, float] = TRAINING_NOISE_STD["stations"],
     clustered_probability: float = 0.5,
     station_clusters: tuple[int, int] = (1, 8),
     station_spread: tuple[float, float] = (1.0, 8.0),
@@ -598,12 +609,12 @@ def random_observations(
     satellite_peaks: Sequence[float] | None = None,
     satellite_width: tuple[float, float] = (0.3, 0.7),
     satellite_footprints: Sequence[int] = (1, 2, 4, 8),
-    satellite_noise: tuple[float, float] = (0.3, 2.0),
+    satellite_noise: tuple[float, float] = TRAINING_NOISE_STD["satellite"],
     cloud_fraction: tuple[float, float] = (0.0, 0.7),
     cloud_correlation_length: tuple[float, float] = (2.0, 16.0),
     gridded_coarsen: Sequence[int] = (1, 2, 4, 8),
     gridded_sparsity: Sequence[int] = (1, 2, 4),
-    gridded_noise: tuple[float, float] = (0.1, 4.0),
+    gridded_noise: tuple[float, float] = TRAINING_NOISE_STD["gridded"],
     periodic: bool | Sequence[bool] = False,
     time_index: int = 0,
 ) -> list[Observation]:
