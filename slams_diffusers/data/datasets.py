@@ -284,7 +284,8 @@ class LevelStatistics:
     """Per-level mean and standard deviation [K], over all dims but ``level``.
 
     Computed once from the training data and stored with the model:
-    ``StateAutoencoder(**stats.as_config(), ...)`` or ``LevelNormalizer(**stats.as_config(), ...)`` (pixel space).
+    ``StateAutoencoder(**stats.as_config(), ...)`` or, in pixel space,
+    ``LevelNormalizer(**stats.as_config(), ...)``.
 
     Attributes:
         mean: ``(level,)`` means, plain floats.
