@@ -482,10 +482,11 @@ def test_pixel_pipeline_end_to_end(tiny_data, test_states, train_statistics, tmp
     assert number_of_processes(latest_checkpoint(tmp_path)) == 1
     assert stdout.count("saved the pipeline") == 1
     folder = tmp_path / "pipeline"
-    # pixel space: the "autoencoder" is a level normaliser, without parameters
+    # pixel space: the "autoencoder" is a level normaliser: its statistics, no parameters
     readme = check_pipeline_folder(folder, {"score_model", "autoencoder"})
     assert "train_score.py --data" in readme and "pixel" in readme
-    assert load_file(folder / "autoencoder" / "diffusion_pytorch_model.safetensors") == {}
+    saved = load_file(folder / "autoencoder" / "diffusion_pytorch_model.safetensors")
+    assert set(saved) == {"norm_mean", "norm_std"}
     index = json.loads((folder / "model_index.json").read_text())
     assert index["autoencoder"] == ["slams_diffusers.models.level_normalizer", "LevelNormalizer"]
 
@@ -497,6 +498,7 @@ def test_pixel_pipeline_end_to_end(tiny_data, test_states, train_statistics, tmp
     assert config.levels == 5 and config.spatial_dims == 2
     assert config.level_mean == pytest.approx(train_statistics.mean, rel=1e-5)
     assert config.level_std == pytest.approx(train_statistics.std, rel=1e-4)
+    assert saved["norm_std"].tolist() == pytest.approx(config.level_std, rel=1e-6)
 
 
 # ------------------------------------------------------------------------- interruption
