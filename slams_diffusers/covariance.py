@@ -25,7 +25,6 @@ buffers, so ``save_pretrained`` / ``from_pretrained`` round-trip them exactly th
 from __future__ import annotations
 
 import math
-import operator as _op
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +32,8 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor
+
+from .observations import _as_grid_shape, _as_int
 
 __all__ = [
     "EIGENVALUE_FLOOR",
@@ -50,32 +51,6 @@ but finite ``B^{-1}``, never inf."""
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_int(x: Any, name: str, minimum: int) -> int:
-    if isinstance(x, bool):
-        raise ValueError(f"{name}: expected an int >= {minimum}, got a bool ({x})")
-    try:
-        v = _op.index(x)
-    except TypeError as e:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {x!r}") from e
-    if v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
-    return v
-
-
-def _as_grid_shape(grid_shape: Any) -> tuple[int, ...]:
-    try:
-        shape = tuple(_as_int(n, "grid_shape", 1) for n in grid_shape)
-    except TypeError as e:
-        raise ValueError(
-            f"grid_shape: expected a tuple of positive ints (x,) or (y, x), got {grid_shape!r}"
-        ) from e
-    if len(shape) not in (1, 2):
-        raise ValueError(
-            f"grid_shape: expected 1 or 2 spatial dimensions, (x,) or (y, x), got {grid_shape!r}"
-        )
-    return shape
 
 
 def _as_factor(factor: Any, name: str) -> float:
@@ -166,7 +141,7 @@ class BackgroundCovariance(ModelMixin, ConfigMixin):
     """
 
     def _init_shape(self, levels: int, grid_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-        return _as_int(levels, "levels", 1), _as_grid_shape(grid_shape)
+        return _as_int(levels, "levels", minimum=1), _as_grid_shape(grid_shape)
 
     # -- shape --------------------------------------------------------------------
 
@@ -265,7 +240,7 @@ class BackgroundCovariance(ModelMixin, ConfigMixin):
 
         ``device`` defaults to the buffers' device; the same generator state gives the same draws.
         """
-        num = _as_int(num, "num", 1)
+        num = _as_int(num, "num", minimum=1)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
         if device is None:

@@ -20,14 +20,13 @@ a well-conditioned symmetric positive-definite system (see docs/method.md §Back
 from __future__ import annotations
 
 import math
-import operator as _op
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ..covariance import BackgroundCovariance
-from ..observations import Observation
+from ..observations import Observation, _as_int
 
 __all__ = ["NOISE_VARIANCE_FLOOR", "optimal_interpolation"]
 
@@ -86,14 +85,7 @@ def optimal_interpolation(
         )
     if not bool(torch.isfinite(background).all()):
         raise ValueError("background: contains NaN or inf; expected finite values")
-    if isinstance(iterations, bool):
-        raise ValueError(f"iterations: expected an int >= 0, got {iterations}")
-    try:
-        iterations = _op.index(iterations)
-    except TypeError as e:
-        raise ValueError(f"iterations: expected an int >= 0, got {iterations!r}") from e
-    if iterations < 0:
-        raise ValueError(f"iterations: expected an int >= 0, got {iterations}")
+    iterations = _as_int(iterations, "iterations", minimum=0)
     if not (math.isfinite(float(tolerance)) and tolerance >= 0):
         raise ValueError(f"tolerance: expected a finite float >= 0, got {tolerance}")
 
