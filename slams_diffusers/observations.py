@@ -56,7 +56,11 @@ __all__ = [
     "Gridded",
     "Background",
     "gaussian_weighting_functions",
+    "pressures_hpa",
 ]
+
+#: Largest pressure read as hPa: values above it (surface pressure is about 1013 hPa) are in Pa.
+MAX_PRESSURE_HPA = 1100.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -99,6 +103,49 @@ def _as_grid_shape(grid_shape: Any, name: str = "grid_shape") -> tuple[int, ...]
     return shape
 
 
+def pressures_hpa(source: Any, name: str = "model_pressures") -> list[float]:
+    """Pressures in hPa, from a sequence or from a pipeline / model that records its levels.
+
+    ``source`` is a sequence (list, array, tensor) of positive pressures, or an object with
+    ``autoencoder.config.levels_hpa`` (a :class:`~slams_diffusers.SLAMSPipeline`) or
+    ``config.levels_hpa`` (its autoencoder). Values all above :data:`MAX_PRESSURE_HPA` are read
+    as Pa and divided by 100; a mix of both units is refused.
+
+    Raises:
+        ValueError: naming ``name``, when no levels are recorded, values are not positive and
+            finite, or the units are mixed.
+    """
+    if hasattr(source, "autoencoder") or hasattr(source, "config"):
+        owner = getattr(source, "autoencoder", None) or source
+        config = getattr(owner, "config", None)
+        recorded = None if config is None else getattr(config, "levels_hpa", None)
+        if recorded is None:
+            raise ValueError(
+                f"{name}: {type(source).__name__} records no pressure levels (its autoencoder "
+                "config has levels_hpa=None); pass the model's pressures in hPa instead"
+            )
+        source = recorded
+    if isinstance(source, Tensor):
+        source = source.detach().cpu().reshape(-1).tolist()
+    elif hasattr(source, "tolist"):  # numpy (possibly read-only): no tensor view of it
+        source = source.tolist()
+    try:
+        values = [float(v) for v in (source if isinstance(source, list | tuple) else [source])]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected a sequence of pressures, got {source!r}") from e
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name}: expected positive, finite pressures, got {values}")
+    above = [v > MAX_PRESSURE_HPA for v in values]
+    if all(above):
+        return [v / 100.0 for v in values]
+    if any(above):
+        raise ValueError(
+            f"{name}: {values} mixes units: values above {MAX_PRESSURE_HPA:g} are read as Pa, the "
+            "others as hPa; expected all in hPa (e.g. 850) or all in Pa (e.g. 85000)"
+        )
+    return values
+
+
 def _block_mean(x: Tensor, r: int, spatial_dims: int) -> Tensor:
     """Mean over non-overlapping ``r`` (1-D) or ``r × r`` (2-D) blocks of the last axes.
 
@@ -129,24 +176,27 @@ def gaussian_weighting_functions(
     ``w = width`` in units of ``ln p`` (0.5 ≈ a factor 1.65 in pressure).
 
     Args:
-        model_pressures: ``(levels,)`` pressures of the model levels (any unit, > 0).
-        peak_pressures: ``(channels,)`` pressure of each channel's peak (same unit).
+        model_pressures: ``(levels,)`` pressures of the model levels in hPa or Pa, or a
+            pipeline / autoencoder that records them (see :func:`pressures_hpa`).
+        peak_pressures: ``(channels,)`` pressure of each channel's peak, in hPa or Pa.
         width: standard deviation in log-pressure, > 0.
 
     Returns:
-        ``(channels, levels)`` weights, each row summing to 1.
+        ``(channels, levels)`` weights, each row summing to 1: float64 if a pressure tensor
+        is float64, else the default float dtype.
     """
-    p = _as_float_tensor(model_pressures, "model_pressures").reshape(-1)
-    pc = _as_float_tensor(peak_pressures, "peak_pressures").reshape(-1)
-    if p.numel() == 0 or not bool(torch.all(p > 0)):
-        raise ValueError(f"model_pressures: expected positive pressures, got {p.tolist()}")
-    if pc.numel() == 0 or not bool(torch.all(pc > 0)):
-        raise ValueError(f"peak_pressures: expected positive pressures, got {pc.tolist()}")
+    wide = any(
+        isinstance(v, Tensor) and v.dtype == torch.float64
+        for v in (model_pressures, peak_pressures)
+    )
+    dtype = torch.float64 if wide else torch.get_default_dtype()
+    p = torch.tensor(pressures_hpa(model_pressures, "model_pressures"), dtype=torch.float64)
+    pc = torch.tensor(pressures_hpa(peak_pressures, "peak_pressures"), dtype=torch.float64)
     if not (math.isfinite(width) and width > 0):
         raise ValueError(f"width: expected a positive number (log-pressure units), got {width}")
     d = (p.log()[None, :] - pc.log()[:, None]) / width
     w = torch.exp(-0.5 * d**2)
-    return w / w.sum(dim=-1, keepdim=True)
+    return (w / w.sum(dim=-1, keepdim=True)).to(dtype)
 
 
 # --------------------------------------------------------------------------- base
@@ -439,14 +489,17 @@ class Stations(Observation):
 
         ``pressures`` ``(n_obs_levels,)`` are matched to ``model_pressures``
         ``(num_levels,)`` (relative tolerance 1e-6); ``num_levels = len(model_pressures)``.
+        Both may be in hPa or Pa (see :func:`pressures_hpa`); ``model_pressures`` may be the
+        pipeline itself (``model_pressures=pipe``: the levels its autoencoder records).
         """
-        mp = [float(p) for p in torch.as_tensor(model_pressures).reshape(-1).tolist()]
+        mp = pressures_hpa(model_pressures, "model_pressures")
         idx = []
-        for p in torch.as_tensor(pressures).reshape(-1).tolist():
+        for p in pressures_hpa(pressures, "pressures"):
             hits = [i for i, q in enumerate(mp) if math.isclose(p, q, rel_tol=1e-6)]
             if not hits:
                 raise ValueError(
-                    f"pressures: {p:g} is not a model level; expected one of model_pressures {mp}"
+                    f"pressures: {p:g} hPa is not a model level; expected one of "
+                    f"model_pressures {mp} hPa"
                 )
             idx.append(hits[0])
         return cls(

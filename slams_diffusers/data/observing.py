@@ -46,6 +46,7 @@ from slams_diffusers.observations import (
     _as_int,
     _check_truth,
     gaussian_weighting_functions,
+    pressures_hpa,
 )
 
 __all__ = [
@@ -345,7 +346,7 @@ def station_network(
             raise ValueError("levels: give either levels (indices) or pressures, not both")
         if model_pressures is None:
             raise ValueError("model_pressures: required when the levels are given as pressures")
-        mp = torch.as_tensor(model_pressures).reshape(-1)
+        mp = torch.tensor(pressures_hpa(model_pressures), dtype=torch.float64)
         if mp.numel() != num_levels:
             raise ValueError(
                 f"model_pressures: expected {num_levels} pressures (one per level of truth), "
@@ -502,7 +503,7 @@ def satellite_channels(
         ``cloud_mask`` ``(*space // footprint)`` (``None`` without clouds).
     """
     truth = _truth(truth)
-    mp = torch.as_tensor(model_pressures).reshape(-1)
+    mp = torch.tensor(pressures_hpa(model_pressures), dtype=torch.float64)
     if mp.numel() != truth.shape[0]:
         raise ValueError(
             f"model_pressures: expected {truth.shape[0]} pressures (one per level of truth), "
@@ -689,8 +690,8 @@ def random_observations(
         p0, p1 = _DEFAULT_PRESSURE_RANGE
         mp = torch.logspace(math.log10(p0), math.log10(p1), num_levels, dtype=torch.float64)
     else:
-        mp = torch.as_tensor(model_pressures, dtype=torch.float64).reshape(-1)
-        if mp.numel() != num_levels or not bool(torch.all(mp > 0)):
+        mp = torch.tensor(pressures_hpa(model_pressures), dtype=torch.float64)
+        if mp.numel() != num_levels:
             raise ValueError(
                 f"model_pressures: expected {num_levels} positive pressures (one per level "
                 f"of truth), got {mp.tolist()}"
@@ -706,12 +707,7 @@ def random_observations(
     n_ch = _int_range(satellite_channels_count, "satellite_channels_count", minimum=1)
     fixed_peaks = None
     if satellite_peaks is not None:
-        fixed_peaks = [float(p) for p in torch.as_tensor(satellite_peaks).reshape(-1)]
-        if not fixed_peaks or not all(p > 0 and math.isfinite(p) for p in fixed_peaks):
-            raise ValueError(
-                "satellite_peaks: expected a non-empty list of positive pressures or None, "
-                f"got {satellite_peaks!r}"
-            )
+        fixed_peaks = pressures_hpa(satellite_peaks, "satellite_peaks")
     widths = _range(satellite_width, "satellite_width", minimum=0.0, positive=True)
     foots = _choices(satellite_footprints, "satellite_footprints")
     sat_noise = _range(satellite_noise, "satellite_noise", minimum=0.0, positive=True)
