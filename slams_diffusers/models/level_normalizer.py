@@ -10,7 +10,30 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .layers import channel_values, validate_spatial_dims
 
-__all__ = ["LevelNormalizer"]
+__all__ = ["LevelNormalizer", "recorded_levels"]
+
+
+def recorded_levels(levels_hpa: Sequence[float] | None, levels: int) -> list[float] | None:
+    """``levels_hpa`` as a config value: ``None``, or ``levels`` positive pressures in hPa.
+
+    Raises ``ValueError`` for a wrong count, non-positive values, or values above 1100 (Pa,
+    not hPa: divide by 100).
+    """
+    if levels_hpa is None:
+        return None
+    values = [float(v) for v in levels_hpa]
+    if len(values) != levels:
+        raise ValueError(
+            f"`levels_hpa` has {len(values)} pressures {values}; expected one per level ({levels})."
+        )
+    if not all(0 < v < float("inf") for v in values):
+        raise ValueError(f"`levels_hpa` must be positive, finite pressures in hPa, got {values}.")
+    if any(v > 1100 for v in values):
+        raise ValueError(
+            f"`levels_hpa` {values} has values above 1100: these look like Pa; expected hPa "
+            "(divide by 100)."
+        )
+    return values
 
 
 class LevelNormalizer(ModelMixin, ConfigMixin):
@@ -24,6 +47,8 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         levels: number of vertical levels (channels of the state and of its "latent").
         spatial_dims: 1 (``(level, x)``) or 2 (``(level, y, x)``).
         level_mean, level_std: per-level statistics [K]; ``None`` -> 0 / 1.
+        levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
+            ``None`` when unknown or not pressure levels.
     """
 
     @register_to_config
@@ -33,6 +58,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         spatial_dims: int = 2,
         level_mean: Sequence[float] | None = None,
         level_std: Sequence[float] | None = None,
+        levels_hpa: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -45,6 +71,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         self.register_to_config(
             level_mean=None if level_mean is None else mean,
             level_std=None if level_std is None else std,
+            levels_hpa=recorded_levels(levels_hpa, levels),
         )
         # persistent: a model without any state would be saved without a weights file
         self.register_buffer("norm_mean", torch.tensor(mean))

@@ -23,6 +23,7 @@ from .layers import (
     group_norm,
     validate_spatial_dims,
 )
+from .level_normalizer import recorded_levels
 
 __all__ = ["StateAutoencoder", "StateAutoencoderOutput"]
 
@@ -57,6 +58,8 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         periodic: circular padding along x.
         level_mean, level_std: per-level normalisation (length ``levels``); ``None`` -> 0 / 1.
         scaling_factor: multiplies the latent (set it so the latent has unit variance).
+        levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
+            ``None`` when unknown or not pressure levels.
     """
 
     @register_to_config
@@ -72,6 +75,7 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         level_mean: Sequence[float] | None = None,
         level_std: Sequence[float] | None = None,
         scaling_factor: float = 1.0,
+        levels_hpa: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -102,6 +106,7 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         self.register_to_config(
             level_mean=None if level_mean is None else mean,
             level_std=None if level_std is None else std,
+            levels_hpa=recorded_levels(levels_hpa, levels),
         )
         self.register_buffer("norm_mean", torch.tensor(mean), persistent=False)
         self.register_buffer("norm_std", torch.tensor(std), persistent=False)
