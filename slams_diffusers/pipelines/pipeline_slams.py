@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
 from ..covariance import DiagonalCovariance
 from ..guidance import (
     GaussianTerm,
@@ -31,9 +33,107 @@ from ..observations import Background, Observation
 
 logger = logging.get_logger(__name__)
 
-ANALYSES = ("full", "incremental")
 OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
 _DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
+
+
+BACKGROUND_RANGE_STD = 10.0
+"""A background level whose mean lies more than this many climatological std from the training
+data's level mean is refused (°C given for K, levels in another order, another variable)."""
+CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
+
+
+def _looks_local(path: str) -> bool:
+    """Whether ``path`` can only be a folder, never a Hub repo id ``org/name``."""
+    return (
+        path.startswith(("/", ".", "~"))
+        or (os.sep != "/" and os.sep in path)
+        or path.count("/") != 1
+        or os.path.exists(path)
+    )
+
+
+def _check_safetensors(file: str) -> None:
+    """``ValueError`` unless ``file`` is a complete safetensors file: an 8-byte header length, a
+    JSON header, and exactly the data its tensors' offsets describe."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise ValueError(
+                f"{file}: not a complete safetensors file ({size} bytes, header length "
+                f"{length}); the file is truncated or corrupted: download or save it again"
+            )
+        try:
+            header = json.loads(handle.read(length))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise ValueError(
+                f"{file}: the safetensors header is unreadable ({error}); the file is corrupted: "
+                "download or save it again"
+            ) from error
+    if 8 + length + end != size:
+        raise ValueError(
+            f"{file}: {size} bytes, but its header describes {8 + length + end}; the file is "
+            "truncated or corrupted: download or save it again"
+        )
+
+
+def _check_pipeline_folder(path: str) -> None:
+    """``ValueError`` for a folder that is not a complete saved pipeline: no readable
+    ``model_index.json``, a listed component without its folder or config, or a weights file
+    that is not a complete safetensors file."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: {path!r} has no model_index.json; expected a "
+            "folder written by SLAMSPipeline.save_pretrained"
+        )
+    try:
+        with open(index) as handle:
+            entries = json.load(handle)
+    except ValueError as error:
+        raise ValueError(f"{index}: not valid JSON ({error})") from error
+    for name, entry in entries.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        folder = os.path.join(path, name)
+        configs = ("config.json", "scheduler_config.json")
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: component {name!r} ({entry[-1]}) is listed in "
+                f"{index} but the folder {folder!r} is missing; expected the complete folder "
+                "written by save_pretrained"
+            )
+        if not any(os.path.isfile(os.path.join(folder, c)) for c in configs):
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: component {name!r} has no config.json in "
+                f"{folder!r}; expected the complete folder written by save_pretrained"
+            )
+        for file in sorted(os.listdir(folder)):
+            if file.endswith(".safetensors"):
+                _check_safetensors(os.path.join(folder, file))
+
+
+def _check_finite_weights(pipe: DiffusionPipeline, path: str) -> None:
+    """``ValueError`` naming the component whose loaded weights hold NaN or inf."""
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        tensors = [t for t in (*component.parameters(), *component.buffers())]
+        tensors = [t for t in tensors if t.is_floating_point()]
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+        if bad:
+            total = sum(t.numel() for t in tensors)
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: {bad} of {total} weights of component {name!r} "
+                f"in {os.path.join(path, name)!r} are NaN or inf; the weights file is corrupted: "
+                "download or save it again"
+            )
 
 
 @dataclass
@@ -121,9 +221,20 @@ class SLAMSPipeline(DiffusionPipeline):
         diffusers cannot resolve plugin classes from a repo id by itself, hence the download.
         """
         path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path) and _looks_local(path):
+            found = "is a file" if os.path.exists(path) else "does not exist"
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: the folder {path!r} {found} (working directory "
+                f"{os.getcwd()!r}); expected a folder written by save_pretrained or a Hub repo id "
+                "'org/name'"
+            )
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+            from huggingface_hub.errors import (
+                HfHubHTTPError,
+                HFValidationError,
+                LocalEntryNotFoundError,
+            )
 
             hub_kwargs = {
                 key: kwargs.pop(key)
@@ -132,13 +243,22 @@ class SLAMSPipeline(DiffusionPipeline):
             }
             try:
                 path = snapshot_download(path, **hub_kwargs)
+            except HFValidationError as error:
+                raise ValueError(
+                    f"`pretrained_model_name_or_path`: {path!r} is neither a folder (working "
+                    f"directory {os.getcwd()!r}) nor a valid Hub repo id 'org/name'"
+                ) from error
             except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
                 raise OSError(
                     f"Could not load pipeline {pretrained_model_name_or_path!r}: it is not a local "
-                    "folder and the Hub repo could not be fetched (offline with HF_HUB_OFFLINE=1 "
-                    f"and not in the cache, or no such repo): {error}"
+                    f"folder (working directory {os.getcwd()!r}) and the Hub repo could not be "
+                    "fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no such "
+                    f"repo): {' '.join(str(error).split())}"
                 ) from error
-        return super().from_pretrained(path, **kwargs)
+        _check_pipeline_folder(path)
+        pipe = super().from_pretrained(path, **kwargs)
+        _check_finite_weights(pipe, path)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card=None, **kwargs):
         """``DiffusionPipeline.save_pretrained``; a ``huggingface_hub.ModelCard`` given as
@@ -195,9 +315,17 @@ class SLAMSPipeline(DiffusionPipeline):
             template = background if "time" in background.dims else background.expand_dims("time")
             space_dims = [d for d in template.dims if d not in ("time", "level")]
             template = template.transpose("time", "level", *space_dims)
-            values = torch.as_tensor(np.asarray(template.values))
-        elif isinstance(background, Tensor | np.ndarray):
-            values = torch.as_tensor(background)
+            units = str(template.attrs.get("units", "K")).strip()
+            if units in CELSIUS_UNITS:
+                raise ValueError(
+                    f"`background` is in {units!r} (its units attribute); expected K (add 273.15)"
+                )
+            # a flipped axis (e.g. latitude 90..-90 read ascending) is a negative-stride view
+            values = torch.as_tensor(np.ascontiguousarray(template.values))
+        elif isinstance(background, np.ndarray):
+            values = torch.as_tensor(np.ascontiguousarray(background))
+        elif isinstance(background, Tensor):
+            values = background
         else:
             raise ValueError(
                 "`background` must be an xarray.DataArray, a tensor or an array of shape "
@@ -215,9 +343,43 @@ class SLAMSPipeline(DiffusionPipeline):
             raise ValueError("`background` contains NaN or infinite values; it must be complete")
         return values, template
 
+    def _check_background_range(self, values: Tensor) -> None:
+        """``ValueError`` when a level's mean ``(time, level, *space)`` lies more than
+        :data:`BACKGROUND_RANGE_STD` climatological std from the training data's level mean: a
+        background in °C, with levels in another order, or of another variable."""
+        config = self.autoencoder.config
+        if config.level_mean is None or config.level_std is None:
+            return
+        mean = torch.as_tensor(config.level_mean, dtype=torch.float64)
+        std = torch.as_tensor(config.level_std, dtype=torch.float64)
+        if values.shape[1] != mean.numel():
+            return  # the level count is refused with its own message
+        found = values.double().transpose(0, 1).reshape(mean.numel(), -1).mean(1)
+        distance = ((found - mean) / std).abs()
+        if float(distance.max()) <= BACKGROUND_RANGE_STD:
+            return
+        level = int(distance.argmax())
+        hint = ""
+        if float(((found + 273.15 - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
+            hint = " It looks like °C: the model works in K (add 273.15)."
+        elif float(((found.flip(0) - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
+            hint = " The levels look reversed: give them in the model's order."
+        raise ValueError(
+            f"`background` level {level} has mean {float(found[level]):.2f}, "
+            f"{float(distance[level]):.0f} std from the model's training data there "
+            f"({float(mean[level]):.2f} ± {float(std[level]):.2f} K).{hint} Expected levels in the "
+            f"order and units of the training data, level means "
+            f"{[round(v, 1) for v in mean.tolist()]}"
+        )
+
     def _grid(
         self, background: Tensor | None, observations: Sequence[Observation], num_frames: int | None
     ) -> _Grid:
+        if background is None and not observations:
+            raise ValueError(
+                "Nothing to assimilate: pass `background=` (a forecast) and/or `observations=` "
+                "(Observation objects)"
+            )
         if background is not None:
             time, levels, *space = background.shape
             if levels != self.levels:
@@ -257,6 +419,8 @@ class SLAMSPipeline(DiffusionPipeline):
                 f"the score model's grid {latent_space} (state {space}) must be divisible by "
                 f"2^(len(hidden_channels) - 1) = {2 ** (len(widths) - 1)} for its U-Net"
             )
+        if background is not None:
+            self._check_background_range(background)
         return _Grid(time, levels, space, channels, latent_space)
 
     def check_inputs(
@@ -434,6 +598,34 @@ class SLAMSPipeline(DiffusionPipeline):
             )
         return background_error_covariance
 
+    def _analysis(self, analysis: str, background: Tensor | None) -> str:
+        """The analysis ``"auto"`` stands for; ``"full"`` without a background or when ``D ∘ E``
+        is the identity (a level normaliser)."""
+        if background is None or isinstance(self.autoencoder, LevelNormalizer):
+            return "full"
+        return "filtered" if analysis == "auto" else analysis
+
+    def _unresolved_part(
+        self,
+        analysis: str,
+        background: Tensor,
+        covariance: Any,
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_members: int,
+    ) -> Tensor:
+        """What ``D(z_a)`` lacks, per member: ``ρ_b = x_b − D(E(x_b))`` (incremental) or a draw of
+        its Wiener-filtered posterior (filtered; docs/method.md §Analysis), drawn with each
+        member's generator after its reverse run."""
+        residual = background - self.decode(self.encode(background[None]))[0]
+        if analysis == "incremental":
+            return residual[None]
+        unresolved = unresolved_error_covariance(
+            lambda state: self.decode(self.encode(state)), background, covariance
+        ).to(background.device)
+        posterior = residual_posterior(residual, unresolved)
+        generators = generator if isinstance(generator, list) else [generator] * num_members
+        return torch.stack([posterior.sample(g) for g in generators])
+
     def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
         """How many Langevin corrections follow each predictor step, and their ``τ`` (the
         scheduler's config unless given)."""
@@ -478,7 +670,7 @@ class SLAMSPipeline(DiffusionPipeline):
         cg_iterations: int = 3,
         background_error_std: float | Sequence[float] | Tensor | None = None,
         background_error_covariance: Any = None,
-        analysis: str = "full",
+        analysis: str = "auto",
         climatology_snr: tuple[float, float] | None = (0.05, 0.2),
         num_frames: int | None = None,
         member_batch_size: int | None = None,
@@ -514,9 +706,12 @@ class SLAMSPipeline(DiffusionPipeline):
             background_error_covariance: ``B`` as a covariance object
                 (:class:`~slams_diffusers.covariance.SpectralCovariance`, ...); wins over
                 ``background_error_std``.
-            analysis: ``"full"`` (the decoded analysis ``D(z_a)``) or ``"incremental"``
-                (``x_b + D(z_a) − D(E(x_b))``: keeps what the autoencoder cannot represent from
-                the background; docs/method.md §Analysis).
+            analysis: how latents become states (docs/method.md §Analysis): ``"full"``
+                (``D(z_a)``), ``"incremental"`` (``x_b + D(z_a) − D(E(x_b))``), ``"filtered"``
+                (``D(z_a)`` plus a draw of the posterior of the part the autoencoder cannot
+                represent, given the background's: :mod:`slams_diffusers.analysis`), or
+                ``"auto"``: ``"filtered"`` with a background and a learned autoencoder, else
+                ``"full"``.
             climatology_snr: where the learned ε gives way to the climatology's at high noise
                 (:class:`~slams_diffusers.guidance.GuidedScore`); ``None`` never.
             num_frames: window length when there is no background (default: the score window).
@@ -624,9 +819,11 @@ class SLAMSPipeline(DiffusionPipeline):
             members = latents
         else:
             members = self.decode(latents)
-            if analysis == "incremental" and background is not None:
-                background = background.to(device, dtype)[None]
-                members = members + (background - self.decode(self.encode(background)))
+            analysis = self._analysis(analysis, background)
+            if analysis != "full":
+                members = members + self._unresolved_part(
+                    analysis, background.to(device, dtype), covariance, generator, num_members
+                )
             self._warn_out_of_range(members)
         output = self._to_output(members, latents, output_type, template)
         self.maybe_free_model_hooks()

@@ -1,0 +1,108 @@
+r"""From the final latents to the analysis in state space (docs/method.md §Analysis).
+
+The autoencoder resolves only part of a state: ``x = D(E(x)) + ρ`` with ``ρ`` the part that
+``D ∘ E`` cannot represent (fine scales). The latent posterior draws the resolved part; the
+unresolved part of the truth is estimated from the background's own, ``ρ_b = x_b − D(E(x_b))``,
+which holds ``ρ`` plus the background's error at those scales,
+
+    ρ_b = ρ + e_⊥,   e_⊥ = e − [D(E(x_b + e)) − D(E(x_b))],   e ~ N(0, B),
+
+so ``e_⊥ ~ N(0, B_⊥)`` with ``B_⊥`` estimated by drawing ``e``. With ``ρ ~ N(0, R)`` and ``R`` from
+``Cov(ρ_b) = R + B_⊥`` (both homogeneous: one ``levels × levels`` block per isotropic wavenumber
+shell), the posterior of ``ρ`` given ``ρ_b`` is the Wiener filter
+
+    ρ | ρ_b ~ N(ρ_b − B_⊥ S⁻¹ ρ_b,  B_⊥ − B_⊥ S⁻¹ B_⊥),   S = R + B_⊥,
+
+and the filtered analysis of a member with latents ``z_a`` is ``x_a = D(z_a) + ρ_a`` with ``ρ_a``
+drawn from it. It keeps ``ρ_b`` where the background is accurate at fine scales (``B_⊥ ≪ R``:
+the incremental analysis ``x_b + D(z_a) − D(E(x_b))``), drops it where it is mostly error
+(``B_⊥ ≫ R``: the full analysis ``D(z_a)``), and gives the ensemble the spread of what the latent
+cannot carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .covariance import BackgroundCovariance, SpectralCovariance
+
+__all__ = ["ANALYSES", "ResidualPosterior", "residual_posterior", "unresolved_error_covariance"]
+
+ANALYSES = ("auto", "filtered", "incremental", "full")
+#: Draws ``e ~ N(0, B)`` per background step that estimate ``B_⊥``.
+UNRESOLVED_DRAWS = 16
+
+
+def unresolved_error_covariance(
+    autoencode: Callable[[Tensor], Tensor],
+    background: Tensor,
+    covariance: BackgroundCovariance,
+    draws: int = UNRESOLVED_DRAWS,
+    seed: int = 0,
+) -> SpectralCovariance:
+    """``B_⊥ = Cov(e − [D(E(x_b + e)) − D(E(x_b))])``, ``e ~ N(0, B)``: the background error the
+    autoencoder does not carry, estimated from ``draws`` draws per step of ``background``
+    ``(T, levels, *space)`` (fixed ``seed``) as an isotropic spectral covariance.
+
+    ``autoencode`` is ``D ∘ E`` on ``(batch, 1, levels, *space)`` states."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    errors = []
+    for values in background:
+        e = covariance.sample(draws, generator=generator, dtype=values.dtype).to(values.device)
+        base = autoencode(values[None, None])[:, 0]
+        errors.append(e - (autoencode((values + e)[:, None])[:, 0] - base))
+    return SpectralCovariance.from_samples(torch.cat(errors).double(), isotropic=True)
+
+
+class ResidualPosterior:
+    """``N(mean, covariance)`` of the unresolved part ``ρ`` of every step of a window."""
+
+    def __init__(self, mean: Tensor, covariance: SpectralCovariance) -> None:
+        self.mean = mean
+        self.covariance = covariance
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """One draw ``(T, levels, *space)`` (independent steps), like ``mean``."""
+        noise = self.covariance.sample(
+            self.mean.shape[0], generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + noise
+
+
+def residual_posterior(residual: Tensor, unresolved: SpectralCovariance) -> ResidualPosterior:
+    """The Wiener filter of the module docstring for ``ρ_b`` ``(T, levels, *space)``.
+
+    ``S = Cov(ρ_b)`` is estimated from ``ρ_b`` itself (spectral, pooled over the steps and the
+    wavenumbers of each shell) and raised to ``B_⊥`` where it falls below (``R = S − B_⊥`` is
+    projected onto the positive semi-definite matrices), so the filter never amplifies ``ρ_b``."""
+    observed = SpectralCovariance.from_samples(residual.double(), isotropic=True)
+    b = unresolved.spectrum.double()
+    lam, vec = torch.linalg.eigh(observed.spectrum.double() - b)
+    signal = (vec * lam.clamp_min(0)[..., None, :]) @ vec.transpose(-1, -2)
+    total = signal + b
+    gain = b @ torch.linalg.pinv(total, hermitian=True)
+    posterior = b - gain @ b
+    posterior = 0.5 * (posterior + posterior.transpose(-1, -2))
+    lam, vec = torch.linalg.eigh(posterior)
+    posterior = (vec * lam.clamp_min(0)[..., None, :]) @ vec.transpose(-1, -2)
+    # ρ_b − B_⊥ S⁻¹ ρ_b through the shell gain: a covariance's ``apply`` with ``gain`` would need
+    # it symmetric, so it is applied per wavenumber here.
+    mean = residual - _apply_shell_matrices(gain, residual, unresolved)
+    grid_shape = unresolved.grid_shape
+    return ResidualPosterior(
+        mean.to(residual.dtype), SpectralCovariance.from_spectrum(posterior, grid_shape)
+    )
+
+
+def _apply_shell_matrices(matrices: Tensor, x: Tensor, like: SpectralCovariance) -> Tensor:
+    """``M(k) x̂(k)`` per wavenumber, ``M`` one ``(levels, levels)`` matrix per shell of ``like``,
+    for ``x`` ``(…, levels, *space)``."""
+    sd = like.spatial_dims
+    dims = tuple(range(-sd, 0))
+    spectral = torch.fft.fftn(x.double(), dim=dims, norm="ortho").movedim(-sd - 1, -1)
+    per_wavenumber = matrices[like.shells().to(matrices.device)].to(spectral.dtype)
+    spectral = (per_wavenumber @ spectral.unsqueeze(-1)).squeeze(-1).movedim(-1, -sd - 1)
+    return torch.fft.ifftn(spectral, dim=dims, norm="ortho").real
