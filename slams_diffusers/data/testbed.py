@@ -37,13 +37,19 @@ DEFAULT_SATELLITE_PEAKS = (700.0, 500.0, 300.0)
 @dataclass
 class AssimilationCase:
     """One window to assimilate: ``truth`` and ``background`` ``(T, levels, *space)`` in K,
-    the ``observations`` of the truth, and where the window starts."""
+    the ``observations`` of the truth, and where the window starts. How the background was made,
+    so that forecast ensembles can be made the same way: its forecast started ``lead_hours``
+    before the window from ``initial_pv`` ``(layers, *space)``, the true PV perturbed by
+    ``perturbation_std`` K."""
 
     truth: Tensor
     background: Tensor
     observations: list[Observation]
     trajectory: int
     start: int
+    lead_hours: float | None = None
+    perturbation_std: float | None = None
+    initial_pv: Tensor | None = None
 
 
 def default_observations(
@@ -168,7 +174,14 @@ def assimilation_cases(
             obs = default_observations(truth, pressures, generator) if observations else []
             cases.append(
                 AssimilationCase(
-                    truth, backgrounds[i], obs, int(chosen["trajectory"][trajectory]), int(first)
+                    truth,
+                    backgrounds[i],
+                    obs,
+                    int(chosen["trajectory"][trajectory]),
+                    int(first),
+                    float(lead_hours),
+                    float(perturbation_std),
+                    q[i].clone(),
                 )
             )
     return cases
