@@ -1,5 +1,17 @@
 """Classical data-assimilation baselines on the package's observation and covariance objects."""
 
+from .enkf import letkf, stochastic_enkf
+from .localization import gaspari_cohn, observation_positions
 from .oi import optimal_interpolation
+from .qg_ensemble import cycle_ensemble, forecast_ensemble, qg_ensemble_filter
 
-__all__ = ["optimal_interpolation"]
+__all__ = [
+    "cycle_ensemble",
+    "forecast_ensemble",
+    "gaspari_cohn",
+    "letkf",
+    "observation_positions",
+    "optimal_interpolation",
+    "qg_ensemble_filter",
+    "stochastic_enkf",
+]
