@@ -258,8 +258,8 @@ def stochastic_enkf(
         distance = grid_distance(obs.positions, obs.positions, grid, periodic)
         covariance = covariance * gaspari_cohn(distance, radius)
     covariance = covariance + torch.diag((n - 1) * obs.r)
-    factor = torch.linalg.cholesky(covariance)
-    solved = torch.cholesky_solve(innovations.T, factor)  # (p, N): (…)^{-1} d_m
+    # LU, not Cholesky: on a periodic grid the tapered L_yy ∘ Y'Y'ᵀ need not be semi-definite
+    solved = torch.linalg.solve(covariance, innovations.T)  # (p, N): (…)^{-1} d_m
 
     if grid is None:  # K d_m = X' Y'ᵀ (…)^{-1} d_m, grouped as (solved)ᵀ (Y'ᵀ X')
         flat = perturbations.reshape(n, -1)

@@ -29,7 +29,7 @@ from ..data.qg import QGConfig, QGModel
 from ..observations import Observation, _as_int
 from .enkf import _check_observations, letkf, stochastic_enkf
 
-__all__ = ["cycle_ensemble", "forecast_ensemble", "qg_ensemble_filter"]
+__all__ = ["case_generator", "cycle_ensemble", "forecast_ensemble", "qg_ensemble_filter"]
 
 METHODS = ("letkf", "enkf")
 
@@ -131,7 +131,10 @@ def cycle_ensemble(
     return (analysis, torch.stack(forecasts, dim=1)) if return_forecasts else analysis
 
 
-def _case_generator(seed: int, trajectory: int, start: int) -> torch.Generator:
+def case_generator(seed: int, trajectory: int, start: int) -> torch.Generator:
+    """The generator :func:`qg_ensemble_filter` draws a case's perturbations from (first the
+    initial perturbations, then the EnKF's observation perturbations), seeded by
+    ``(seed, trajectory, start)``."""
     state = np.random.SeedSequence([int(seed), int(trajectory), int(start)]).generate_state(1)
     return torch.Generator().manual_seed(int(state[0]))
 
@@ -191,7 +194,7 @@ def qg_ensemble_filter(
     interval = int(attrs["interval_steps"])
     lead_steps = round(float(case.lead_hours) * 3600 / config.dt)
     model = QGModel(config)
-    generator = _case_generator(seed, case.trajectory, case.start)
+    generator = case_generator(seed, case.trajectory, case.start)
     prior = forecast_ensemble(
         model, case.initial_pv, lead_steps, case.perturbation_std, members, generator
     )
