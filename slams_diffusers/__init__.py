@@ -67,3 +67,19 @@ __all__ = [
     "nmc_covariance",
     "tweedie_denoise",
 ]
+
+
+def _register_with_diffusers() -> None:
+    """Make ``diffusers.DiffusionPipeline.from_pretrained(folder)`` load a saved ``SLAMSPipeline``.
+
+    diffusers looks the ``_class_name`` of ``model_index.json`` up in its own namespace; binding
+    the class there (once ``slams_diffusers`` is imported) is all it needs. No code from the model
+    folder runs: the components' classes come from this package.
+    """
+    import diffusers
+
+    if getattr(diffusers, "SLAMSPipeline", None) is None:
+        diffusers.SLAMSPipeline = SLAMSPipeline
+
+
+_register_with_diffusers()

@@ -320,6 +320,7 @@ class SLAMSPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"`background` is in {units!r} (its units attribute); expected K (add 273.15)"
                 )
+            self._check_background_levels(template)
             # a flipped axis (e.g. latitude 90..-90 read ascending) is a negative-stride view
             values = torch.as_tensor(np.ascontiguousarray(template.values))
         elif isinstance(background, np.ndarray):
@@ -342,6 +343,28 @@ class SLAMSPipeline(DiffusionPipeline):
         if not torch.isfinite(values).all():
             raise ValueError("`background` contains NaN or infinite values; it must be complete")
         return values, template
+
+    def _check_background_levels(self, template: xr.DataArray) -> None:
+        """``ValueError`` when the background's ``level`` coordinate (hPa, or Pa by its units) is
+        not the model's recorded ``levels_hpa`` in the same order."""
+        expected = self.autoencoder.config.get("levels_hpa")
+        if expected is None or "level" not in template.coords:
+            return
+        coordinate = template.coords["level"]
+        found = np.asarray(coordinate.values, dtype=float).reshape(-1)
+        if str(coordinate.attrs.get("units", "hPa")).strip().lower() in ("pa", "pascal"):
+            found = found / 100.0
+        if found.shape == (len(expected),) and np.allclose(found, expected, rtol=1e-6):
+            return
+        hint = ""
+        if found.shape == (len(expected),) and np.allclose(found[::-1], expected, rtol=1e-6):
+            hint = " (reversed order: use background.isel(level=slice(None, None, -1)))"
+        elif set(np.round(found, 6)) == set(np.round(expected, 6)):
+            hint = " (another order: use background.sel(level=levels))"
+        raise ValueError(
+            f"`background` has levels {found.tolist()} hPa{hint}; the model was trained on "
+            f"{list(expected)} hPa, in that order"
+        )
 
     def _check_background_range(self, values: Tensor) -> None:
         """``ValueError`` when a level's mean ``(time, level, *space)`` lies more than
