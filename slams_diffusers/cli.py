@@ -1,17 +1,56 @@
-"""The ``slams`` command line."""
+"""The ``slams`` command line.
+
+    slams demo                          # assimilate a fresh testbed window, offline
+    slams assimilate --background xb.nc --stations st.csv --satellite sat.nc \\
+        --background-error-std 1.0 --out analysis.nc
+    slams evaluate --analysis analysis.nc --truth truth.nc
+    slams train --data my_data.zarr     # the two accelerate commands of training
+    slams simulate qg --out data/qg-default.zarr
+    slams selftest
+
+Bad input stops a command before any work, with one line on stderr naming the argument or file,
+what was found and what is expected, and exit status 2 (``SLAMS_DEBUG=1`` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 #: The embedded pretrained pipeline of a source checkout (``pipelines/`` next to the package).
 EMBEDDED_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "slams-qg-tiny"
+#: The training scripts of a source checkout.
+TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+# ------------------------------------------------------------------------------ selftest
 def _selftest(args: argparse.Namespace) -> int:
     """Assimilate a linear-Gaussian problem and compare with its exact Kalman posterior."""
     from .testing import ar1_trajectory_problem, gaussian_field_problem
@@ -44,88 +83,631 @@ def _selftest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Simulate a fresh testbed window, assimilate it with a pretrained pipeline, score it."""
-    import torch
+# ------------------------------------------------------------------------------ shared
+def _load_pipeline(name: str, device=None, progress: bool = True):
+    """``SLAMSPipeline.from_pretrained`` with its checks; errors name ``--pipeline``. Without
+    ``progress`` diffusers' loading bar stays hidden."""
+    from diffusers.utils import logging as diffusers_logging
 
-    from .data.qg import simulate_dataset
-    from .data.testbed import assimilation_cases
-    from .metrics import ensemble_spread, rmse
     from .pipelines import SLAMSPipeline
 
+    hide = not progress and diffusers_logging.is_progress_bar_enabled()
+    if hide:
+        diffusers_logging.disable_progress_bar()
+    try:
+        pipe = SLAMSPipeline.from_pretrained(name)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"--pipeline {name!r}: {' '.join(str(error).split())}") from error
+    finally:
+        if hide:
+            diffusers_logging.enable_progress_bar()
+    return pipe if device is None else pipe.to(device)
+
+
+def _process_state():
+    """accelerate's ``PartialState``: one process, or those of ``accelerate launch`` (CPU-only
+    machines form a gloo group, as in training)."""
+    from accelerate import PartialState
+
+    from .training import _has_accelerator_device
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return PartialState(cpu=world_size > 1 and not _has_accelerator_device())
+
+
+# ------------------------------------------------------------------------------ assimilate
+def _background_error(args: argparse.Namespace, pipe, levels: int):
+    """``(background_error_std, background_error_covariance)`` from the options: a std (one or
+    one per level), a saved covariance folder, or the pipeline's own ``background_covariance``."""
+    from . import covariance as covariances
+    from .io import check_input_file
+
+    if args.background_error_std is not None and args.background_covariance is not None:
+        raise ValueError(
+            "--background-error-std and --background-covariance: give one of them, not both"
+        )
+    if args.background_error_std is not None:
+        std = args.background_error_std
+        if len(std) not in (1, levels):
+            raise ValueError(
+                f"--background-error-std: {len(std)} values; expected 1 or one per level ({levels})"
+            )
+        return (std[0] if len(std) == 1 else list(std)), None
+    if args.background_covariance is not None:
+        folder = check_input_file(args.background_covariance, "--background-covariance")
+        config = folder / "config.json"
+        try:
+            name = json.loads(config.read_text())["_class_name"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"--background-covariance {str(folder)!r}: no readable config.json with a "
+                "_class_name; expected a folder written by a covariance's save_pretrained"
+            ) from error
+        kinds = ("DiagonalCovariance", "SpectralCovariance")
+        if name not in kinds:
+            raise ValueError(
+                f"--background-covariance {str(folder)!r}: holds a {name}; expected one of {kinds}"
+            )
+        return None, getattr(covariances, name).from_pretrained(folder)
+    if pipe.background_covariance is not None:
+        return None, None  # the pipeline's own
+    raise ValueError(
+        "--background-error-std or --background-covariance: the background's error is needed "
+        "(K, one value or one per level; or a saved covariance) and the pipeline has none"
+    )
+
+
+def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, ...]:
+    if choice == "auto":
+        wraps = bool(getattr(pipe.autoencoder.config, "periodic", False))
+        choice = "x" if wraps else "none"
+    return tuple(dim in choice for dim in spatial_dims)
+
+
+def _assimilate(args: argparse.Namespace) -> int:
+    """Assimilate the observation files into the background file, window by window."""
+    from .io import (
+        check_input_file,
+        check_output_file,
+        member_generators,
+        read_background,
+        read_satellite,
+        read_stations,
+        split_windows,
+        window_observations,
+        write_analysis,
+    )
+
     start = time.perf_counter()
-    lead_snapshots = round(args.lead_hours / 6)
+    out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
+    plot = check_output_file(args.plot, "--plot", args.overwrite, (".png",)) if args.plot else None
+    for name in ("background", "stations", "satellite"):
+        if getattr(args, name) is not None:
+            check_input_file(getattr(args, name), f"--{name}")
+    state = _process_state()
+    pipe = _load_pipeline(args.pipeline, state.device, args.progress)
+    background = read_background(
+        args.background,
+        variable=args.variable,
+        trajectory=args.trajectory,
+        levels=pipe.autoencoder.config.get("levels_hpa"),
+    )
+    std, covariance = _background_error(args, pipe, background.data.sizes["level"])
+    periodic = _periodic(args.periodic, pipe, background.spatial_dims)
+    observations = []
+    if args.stations:
+        observations += read_stations(args.stations, background, periodic=periodic)
+    if args.satellite:
+        observations += read_satellite(args.satellite, background, error=args.satellite_error)
+    length = args.window_length or pipe.window
+    if length < pipe.window:
+        raise ValueError(
+            f"--window-length: {length} is shorter than the score model's window {pipe.window}"
+        )
+    windows = split_windows(background.data.sizes["time"], length)
+
+    parts = out.with_name(f".{out.name}.parts")
+    if state.is_main_process:
+        parts.mkdir(exist_ok=True)
+    state.wait_for_everyone()
+    try:
+        with state.split_between_processes(list(range(len(windows)))) as mine:
+            for w in mine:
+                window = windows[w]
+                pipe.set_progress_bar_config(
+                    disable=not (args.progress and state.is_main_process),
+                    desc=f"window {w + 1}/{len(windows)}",
+                )
+                analysis = pipe(
+                    background=background.data.isel(time=window),
+                    observations=window_observations(observations, window),
+                    num_members=args.members,
+                    num_inference_steps=args.steps,
+                    guidance=args.guidance,
+                    **({} if args.analysis is None else {"analysis": args.analysis}),
+                    background_error_std=std,
+                    background_error_covariance=covariance,
+                    generator=member_generators(args.seed, w, args.members),
+                    output_type="xarray",
+                )
+                analysis.dataset.to_netcdf(parts / f"window-{w:06d}.nc")
+    except BaseException:
+        shutil.rmtree(parts, ignore_errors=True)
+        raise
+    state.wait_for_everyone()
+    if state.is_main_process:
+        import xarray as xr
+
+        files = [parts / f"window-{w:06d}.nc" for w in range(len(windows))]
+        pieces = [xr.load_dataset(f) for f in files]
+        dataset = xr.concat(pieces, dim="time") if len(pieces) > 1 else pieces[0]
+        command = "slams assimilate " + " ".join(map(shlex.quote, args.argv))
+        history = str(background.attrs.get("history", "")).strip()
+        stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {command}"
+        write_analysis(
+            dataset,
+            out,
+            background=background,
+            overwrite=args.overwrite,
+            attrs={
+                "history": f"{history}\n{stamp}" if history else stamp,
+                "slams_pipeline": str(args.pipeline),
+                "slams_members": args.members,
+                "slams_steps": args.steps,
+                "slams_seed": args.seed,
+                "slams_guidance": args.guidance,
+                "slams_windows": len(windows),
+                "slams_processes": state.num_processes,
+            },
+        )
+        for f in files:
+            f.unlink()
+        parts.rmdir()
+        if plot is not None:
+            _plot_analysis(dataset, background, observations, plot)
+        print(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "windows": len(windows),
+                    "members": args.members,
+                    "steps": args.steps,
+                    "observations": len(observations),
+                    "processes": state.num_processes,
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+        )
+    state.wait_for_everyone()
+    return 0
+
+
+def _plot_analysis(dataset, background, observations, path: Path) -> None:
+    """Maps of the last window's last step: background, observations, mean, spread."""
+    from .io import window_observations
+    from .plotting import plot_analysis_maps
+
+    times = dataset.sizes["time"]
+    last = slice(times - 1, times)
+    level_names = [f"{float(v):g} hPa" for v in dataset["level"].values]
+    plot_analysis_maps(
+        mean=dataset["mean"].values[-1],
+        std=dataset["std"].values[-1],
+        background=background.data.values[-1],
+        observations=window_observations(observations, last),
+        level_names=level_names,
+        path=path,
+    )
+
+
+# ------------------------------------------------------------------------------ evaluate
+def _level_table(names: list[str], columns: dict[str, list[float]], overall: dict) -> str:
+    """A plain-text table: one row per level and an ``all`` row, one column per score."""
+    header = ["level", *columns]
+    rows = [
+        [name, *(f"{values[i]:.3f}" for values in columns.values())] for i, name in enumerate(names)
+    ]
+    rows.append(["all", *(f"{overall[key]:.3f}" for key in columns)])
+    widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
+    lines = [
+        "  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score an analysis file against a truth file (and a background file), per level."""
+    import torch
+
+    from .io import align_truth, check_output_file, read_analysis, read_background
+    from .metrics import level_dims, rmse, score_ensemble
+
+    out = check_output_file(args.json, "--json", args.overwrite, (".json",)) if args.json else None
+    analysis = read_analysis(args.analysis)
+    members = analysis.data
+    truth_file = read_background(
+        args.truth, variable=args.variable, trajectory=args.trajectory, argument="--truth"
+    )
+    truth = align_truth(truth_file, members, argument=f"--truth {args.truth!r}")
+    background = None
+    if args.background is not None:
+        background_file = read_background(args.background, argument="--background")
+        background = align_truth(
+            background_file, members, argument=f"--background {args.background!r}"
+        )
+    spatial_dims = members.ndim - 3  # (member, time, level, *space)
+    latitude = None
+    if analysis.dim_names.get("y") in ("latitude", "lat"):
+        latitude = torch.as_tensor(members.coords["y"].values, dtype=torch.float64)
+    truth_t = torch.as_tensor(truth.values, dtype=torch.float64)
+    scores = score_ensemble(
+        torch.as_tensor(members.values, dtype=torch.float64),
+        truth_t,
+        spatial_dims=spatial_dims,
+        latitude=latitude,
+    )
+    columns = {"RMSE": scores["rmse"]["per_level"], "CRPS": scores["crps"]["per_level"]}
+    overall = {"RMSE": scores["rmse"]["overall"], "CRPS": scores["crps"]["overall"]}
+    if scores["spread"] is not None:
+        columns["spread"] = scores["spread"]["per_level"]
+        overall["spread"] = scores["spread"]["overall"]
+        columns["spread/skill"] = scores["spread_skill_ratio"]["per_level"]
+        overall["spread/skill"] = scores["spread_skill_ratio"]["overall"]
+    if background is not None:
+        weights = None
+        if latitude is not None:
+            from .metrics import area_weights
+
+            weights = area_weights(latitude)[:, None]
+        b = torch.as_tensor(background.values, dtype=torch.float64)
+        per_level = rmse(b, truth_t, level_dims(b.ndim, spatial_dims), weights=weights)
+        scores["background_rmse"] = {
+            "per_level": per_level.tolist(),
+            "overall": rmse(b, truth_t, weights=weights).item(),
+        }
+        columns = {"background RMSE": scores["background_rmse"]["per_level"], **columns}
+        overall["background RMSE"] = scores["background_rmse"]["overall"]
+    names = [f"{float(v):g} hPa" for v in members.coords["level"].values]
+    print(f"{args.analysis}: {scores['members']} members, {members.sizes['time']} times [K]")
+    print(_level_table(names, columns, overall))
+    if out is not None:
+        record = {"analysis": str(args.analysis), "truth": str(args.truth), "levels": names}
+        out.write_text(json.dumps({**record, **scores}, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------ train
+def _load_script(name: str):
+    """The module of ``training/<name>.py`` (its ``build_parser``), imported by path."""
+    import importlib.util
+
+    path = TRAINING_SCRIPTS / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(
+            f"slams train: {str(path)!r} not found; the training scripts come with a source "
+            "checkout of slams-diffusers (git clone), not with the installed package"
+        )
+    spec = importlib.util.spec_from_file_location(f"_slams_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The ``accelerate launch`` commands of both stages, their options checked by the scripts'
+    own parsers (so a typo fails now, not after stage 1)."""
+    from .data.datasets import open_store
+    from .io import _open_dataset
+    from .training import parse_args
+
+    data = args.data
+    if not Path(data).exists():
+        raise ValueError(f"--data: no such file or folder {data!r}")
+    if not (Path(data) / "dataset_info.json").exists():  # a `datasets` folder is read by training
+        try:
+            open_store(_open_dataset(Path(data), "--data"), args.variable)
+        except ValueError as error:
+            raise ValueError(f"--data {data!r}: {' '.join(str(error).split())}") from error
+    output = Path(args.output_dir)
+    common = ["--data", data, *(["--variable", args.variable] if args.variable else [])]
+    stage1 = [
+        *(["--config", args.autoencoder_config] if args.autoencoder_config else []),
+        *common,
+        "--output_dir",
+        str(output / "autoencoder"),
+        *shlex.split(args.autoencoder_args),
+    ]
+    stage2 = [
+        *(["--config", args.score_config] if args.score_config else []),
+        *common,
+        "--autoencoder",
+        str(output / "autoencoder"),
+        "--output_dir",
+        str(output / "score"),
+        *shlex.split(args.score_args),
+    ]
+    for option, config in (
+        ("--autoencoder-config", args.autoencoder_config),
+        ("--score-config", args.score_config),
+    ):
+        if config and not Path(config).is_file():
+            raise ValueError(f"{option}: no such file {config!r}")
+    for name, argv in (("train_autoencoder", stage1), ("train_score", stage2)):
+        parser = _load_script(name).build_parser()
+
+        def refuse(message: str, name: str = name, argv: list[str] = argv) -> None:
+            raise ValueError(f"{name}.py rejects the options {argv}: {message}")
+
+        parser.error = refuse  # one line, no usage text, no exit
+        try:
+            parse_args(parser, argv)
+        except ValueError as error:
+            raise ValueError(f"{name}.py options {argv}: {error}") from error
+    launch = [
+        "accelerate",
+        "launch",
+        *(["--multi_gpu"] if args.num_processes > 1 else []),
+        "--num_processes",
+        str(args.num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        args.mixed_precision,
+        "--dynamo_backend",
+        "no",
+    ]
+    return [
+        [*launch, str(TRAINING_SCRIPTS / "train_autoencoder.py"), *stage1],
+        [*launch, str(TRAINING_SCRIPTS / "train_score.py"), *stage2],
+    ]
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Print (or with ``--run`` run) the two training stages for a data file."""
+    commands = _train_commands(args)
+    pipeline = Path(args.output_dir) / "score" / "pipeline"
+    if not args.execute:
+        print("# stage 1: autoencoder and observation encoders; stage 2: score network")
+        for command in commands:
+            print(shlex.join(command))
+        print(f"# the pipeline: {pipeline}  (slams assimilate --pipeline {pipeline} ...)")
+        return 0
+    for command in commands:
+        print(shlex.join(command), flush=True)
+        status = subprocess.run(command).returncode
+        if status:
+            print(f"slams train: error: stage failed with status {status}", file=sys.stderr)
+            return status
+    print(f"# the pipeline: {pipeline}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ demo
+def _demo(args: argparse.Namespace) -> int:
+    """Simulate a fresh testbed window, assimilate it with OI/3D-Var and SLAMS (the same spectral
+    ``B``, estimated on validation windows), print per-level scores, write analysis.nc and
+    demo.png."""
+    import numpy as np
+    import torch
+
+    from .baselines import optimal_interpolation
+    from .covariance import estimate_background_covariance
+    from .data.qg import simulate_dataset
+    from .data.testbed import assimilation_cases
+    from .io import BackgroundFile, check_output_file, member_generators, write_analysis
+    from .metrics import crps, ensemble_spread, level_dims, rmse
+
+    start = time.perf_counter()
+    folder = Path(args.out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out: {str(folder)!r} is a file; expected a folder")
+    if not folder.parent.is_dir():
+        raise ValueError(f"--out: the folder {str(folder.parent)!r} does not exist")
+    folder.mkdir(exist_ok=True)
+    nc = check_output_file(folder / "analysis.nc", "--out", args.overwrite, (".nc",))
+    png = check_output_file(folder / "demo.png", "--out", args.overwrite, (".png",))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise ValueError(
+            "slams demo draws demo.png with matplotlib: pip install 'slams-diffusers[plot]'"
+        ) from error
+    pipe = _load_pipeline(args.pipeline, progress=args.progress)
+    pipe.set_progress_bar_config(disable=not args.progress, desc="SLAMS")
+
+    window, lead_hours = pipe.window, 24.0
     dataset = simulate_dataset(
-        trajectories=1,
-        steps=lead_snapshots + 5,
-        seed=args.seed + 10_000,  # not a trajectory of the default dataset
+        trajectories=2,  # one for validation (B), one to assimilate
+        steps=round(lead_hours / 6) + window + 6,
+        seed=args.seed + 10_000,  # not a trajectory of the default training dataset
         spinup=args.spinup_steps,
-        splits=(0.0, 0.0, 1.0),
+        splits=(0.0, 0.5, 0.5),
         store_pv="all",
     )
-    (case,) = assimilation_cases(dataset, "test", 5, 1, lead_hours=args.lead_hours, seed=args.seed)
-    pipe = SLAMSPipeline.from_pretrained(args.pipeline)
-    pipe.set_progress_bar_config(disable=not args.progress)
+    validation = assimilation_cases(
+        dataset, "val", window, 4, lead_hours, seed=args.seed + 1, observations=False
+    )
+    covariance = estimate_background_covariance(
+        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
+    )
+    (case,) = assimilation_cases(dataset, "test", window, 1, lead_hours, seed=args.seed)
+    test = dataset["t"].isel(trajectory=int(np.flatnonzero(dataset["split"].values == "test")[0]))
+    template = test.isel(time=slice(case.start, case.start + window)).drop_vars(
+        ["trajectory", "split"]
+    )
+    background = template.copy(data=case.background.numpy())
     out = pipe(
-        background=case.background,
+        background=background,
         observations=case.observations,
         num_members=args.members,
         num_inference_steps=args.steps,
-        background_error_std=args.background_error_std,
-        generator=[torch.Generator().manual_seed(args.seed + m) for m in range(args.members)],
-        output_type="pt",
+        background_error_covariance=covariance,
+        generator=member_generators(args.seed, 0, args.members),
+        output_type="xarray",
     )
-    analysis = float(rmse(out.members.mean(0), case.truth))
-    background = float(rmse(case.background, case.truth))
+    oi = optimal_interpolation(case.background.double(), case.observations, covariance).float()
+
+    truth = case.truth.double()
+    members = torch.as_tensor(out.members.values, dtype=torch.float64)
+    dims = level_dims(truth.ndim, truth.ndim - 2)
+    estimates = {"background": case.background.double(), "OI/3D-Var": oi.double()}
+    columns = {f"RMSE {k}": rmse(v, truth, dims).tolist() for k, v in estimates.items()}
+    columns["RMSE SLAMS"] = rmse(members.mean(0), truth, dims).tolist()
+    overall = {f"RMSE {k}": rmse(v, truth).item() for k, v in estimates.items()}
+    overall["RMSE SLAMS"] = rmse(members.mean(0), truth).item()
+    for name, value in estimates.items():
+        columns[f"CRPS {name}"] = crps(value[None], truth, dims).tolist()
+        overall[f"CRPS {name}"] = crps(value[None], truth).item()
+    columns["CRPS SLAMS"] = crps(members, truth, dims).tolist()
+    overall["CRPS SLAMS"] = crps(members, truth).item()
+    if args.members > 1:
+        columns["spread SLAMS"] = ensemble_spread(members, dims).tolist()
+        overall["spread SLAMS"] = ensemble_spread(members).item()
+
+    analysis = out.dataset
+    for name, value in (("truth", case.truth), ("background", case.background), ("oi", oi)):
+        analysis[name] = template.copy(data=value.numpy())
+        analysis[name].attrs = {**template.attrs, "long_name": f"{name} air temperature"}
+    write_analysis(
+        analysis,
+        nc,
+        background=BackgroundFile(background, {}, {"Conventions": "CF-1.8"}),
+        overwrite=args.overwrite,
+        attrs={"title": "slams demo: one testbed window", "slams_seed": args.seed},
+    )
+    from .plotting import plot_analysis_maps
+
+    names = [f"{float(v):g} hPa" for v in template.coords["level"].values]
+    plot_analysis_maps(
+        mean=analysis["mean"].values,
+        std=analysis["std"].values,
+        truth=case.truth,
+        background=case.background,
+        observations=case.observations,
+        level_names=names,
+        path=png,
+    )
     print(
-        json.dumps(
-            {
-                "pipeline": str(args.pipeline),
-                "observations": len(case.observations),
-                "members": args.members,
-                "steps": args.steps,
-                "background_rmse_K": round(background, 3),
-                "analysis_rmse_K": round(analysis, 3),
-                "spread_K": round(float(ensemble_spread(out.members)), 3),
-                "finite": bool(torch.isfinite(out.members).all()),
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
+        f"slams demo: {len(case.observations)} observations over {window} steps (stations, "
+        f"satellite), {args.members} members, {args.steps} steps; B spectral, estimated on "
+        f"{len(validation)} validation windows [K]"
     )
-    return 0 if analysis < background else 1
+    print(_level_table(names, columns, overall))
+    print(f"wrote {nc} and {png} ({time.perf_counter() - start:.0f} s)")
+    return 0 if overall["RMSE SLAMS"] < overall["RMSE background"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slams", description=__doc__)
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slams", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+
     selftest = commands.add_parser(
         "selftest",
         help="assimilate linear-Gaussian problems and compare with the exact posterior",
     )
-    selftest.add_argument("--members", type=int, default=512)
-    selftest.add_argument("--steps", type=int, default=256)
+    selftest.add_argument("--members", type=_positive_int, default=512)
+    selftest.add_argument("--steps", type=_positive_int, default=256)
     selftest.add_argument("--seed", type=int, default=0)
     selftest.set_defaults(run=_selftest)
+
     demo = commands.add_parser(
         "demo",
-        help="assimilate a freshly simulated testbed window with a pretrained pipeline "
-        "(exit status 1 if the analysis is not better than the background)",
+        help="assimilate a freshly simulated testbed window with the embedded pipeline, compare "
+        "with the background and OI/3D-Var, write analysis.nc and demo.png",
     )
     demo.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE), help="folder or Hub id")
-    demo.add_argument("--members", type=int, default=8)
-    demo.add_argument("--steps", type=int, default=32)
-    demo.add_argument("--lead-hours", type=float, default=24.0)
-    demo.add_argument(
-        "--background-error-std",
-        type=float,
-        default=0.6,
-        help="K; about half the testbed's 24-h background rmse, the inflation chosen on "
-        "validation cases for slams-qg-tiny (see its model card)",
-    )
-    demo.add_argument("--spinup-steps", type=int, default=4800, help="model steps (100 days)")
+    demo.add_argument("--members", type=_positive_int, default=16)
+    demo.add_argument("--steps", type=_positive_int, default=32)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--progress", action="store_true")
+    demo.add_argument("--out", default=".", help="folder for analysis.nc and demo.png")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing files")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument(
+        "--spinup-steps", type=int, default=4800, help="model steps (100 days) before the window"
+    )
     demo.set_defaults(run=_demo)
+
+    assimilate = commands.add_parser(
+        "assimilate",
+        help="assimilate station / satellite files into a background file; write the analysis",
+        description="Assimilate observation files into a background file and write the analysis "
+        "ensemble (mean, std, members) as netCDF. Under `accelerate launch -m slams_diffusers.cli "
+        "assimilate ...` the analysis windows are shared among the processes.",
+    )
+    add = assimilate.add_argument
+    add("--pipeline", default=str(EMBEDDED_PIPELINE), help="pipeline folder or Hub id")
+    add("--background", required=True, help="netCDF / zarr: temperature (time, level, y?, x) in K")
+    add("--variable", default=None, help="the background's variable (default: guessed)")
+    add("--trajectory", type=int, default=None, help="index along a trajectory dim, if any")
+    add(
+        "--background-error-std",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        help="K: one value, or one per level",
+    )
+    add("--background-covariance", default=None, help="folder of a saved covariance (B)")
+    add(
+        "--stations",
+        default=None,
+        help="CSV / Parquet: station,time,y,x|lat,lon,pressure|level,value,error",
+    )  # noqa: E501
+    add(
+        "--satellite",
+        default=None,
+        help="netCDF: radiance(time,channel,y,x), weights(channel,level)",
+    )  # noqa: E501
+    add("--satellite-error", type=_positive_float, default=None, help="K, if the file has none")
+    add(
+        "--periodic",
+        choices=["auto", "none", "x", "y", "xy"],
+        default="auto",
+        help="axes that wrap (auto: x if the pipeline's models are periodic)",
+    )
+    add("--members", type=_positive_int, default=16)
+    add("--steps", type=_positive_int, default=32)
+    add("--guidance", choices=["auto", "latent", "decoded"], default="auto")
+    add("--analysis", default=None, help="how latents become states (SLAMSPipeline's analysis)")
+    add("--window-length", type=_positive_int, default=None, help="default: the model's window")
+    add("--seed", type=int, default=0, help="window w, member m draw from seed (seed, w, m)")
+    add("--out", required=True, help="the analysis file (.nc)")
+    add("--plot", default=None, help="also draw the last step as a PNG")
+    add("--overwrite", action="store_true", help="replace existing output files")
+    add("--no-progress", dest="progress", action="store_false")
+    assimilate.set_defaults(run=_assimilate)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score an analysis file against a truth file, per level"
+    )
+    evaluate.add_argument("--analysis", required=True, help="a file written by slams assimilate")
+    evaluate.add_argument("--truth", required=True, help="netCDF / zarr with the true states")
+    evaluate.add_argument("--variable", default=None, help="the truth's variable")
+    evaluate.add_argument("--trajectory", type=int, default=None, help="index in the truth file")
+    evaluate.add_argument("--background", default=None, help="also score this background")
+    evaluate.add_argument("--json", default=None, help="write every score to this JSON file")
+    evaluate.add_argument("--overwrite", action="store_true")
+    evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser(
+        "train",
+        help="print (or --run) the accelerate commands of both training stages for a data file",
+    )
+    train.add_argument("--data", required=True, help="zarr / netCDF store or datasets folder")
+    train.add_argument("--variable", default=None)
+    train.add_argument("--output-dir", default="runs/slams", help="stage folders go here")
+    train.add_argument("--autoencoder-config", default=None, help="YAML of stage 1 options")
+    train.add_argument("--score-config", default=None, help="YAML of stage 2 options")
+    train.add_argument("--autoencoder-args", default="", help="more stage-1 options, one string")
+    train.add_argument("--score-args", default="", help="more stage-2 options, one string")
+    train.add_argument("--num-processes", type=_positive_int, default=1)
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    train.add_argument("--run", dest="execute", action="store_true", help="run the commands")
+    train.set_defaults(run=_train)
+
     simulate = commands.add_parser("simulate", help="generate a testbed dataset")
     testbeds = simulate.add_subparsers(dest="testbed", required=True)
     qg = testbeds.add_parser(
@@ -135,8 +717,20 @@ def main(argv: list[str] | None = None) -> int:
 
     add_simulate_arguments(qg)
     qg.set_defaults(run=simulate_main)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        if os.environ.get("SLAMS_DEBUG"):
+            raise
+        print(f"slams {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

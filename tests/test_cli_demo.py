@@ -1,29 +1,22 @@
-"""``slams demo``: simulate a testbed window, assimilate it with a saved pipeline, print scores."""
+"""``slams demo``: a fresh testbed window assimilated by OI/3D-Var and SLAMS with the same ``B``; a
+per-level table, ``analysis.nc`` and ``demo.png``; offline and quick on the embedded pipeline."""
 
-import json
-import math
+import time
 
+import numpy as np
 import pytest
 import torch
+import xarray as xr
 
-import slams_diffusers.data.testbed as testbed
 from slams_diffusers import LevelNormalizer, ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
 from slams_diffusers.cli import main
-from slams_diffusers.metrics import rmse
-from slams_diffusers.pipelines import AssimilationOutput
+from slams_diffusers.metrics import crps, ensemble_spread, level_dims, rmse
 
-KEYS = {
-    "pipeline",
-    "observations",
-    "members",
-    "steps",
-    "background_rmse_K",
-    "analysis_rmse_K",
-    "spread_K",
-    "finite",
-    "seconds",
-}
-ARGV = ["--members", "2", "--steps", "2", "--spinup-steps", "50"]
+LEVEL_NAMES = ["850 hPa", "700 hPa", "500 hPa", "300 hPa", "200 hPa"]
+COLUMNS = [
+    "RMSE background", "RMSE OI/3D-Var", "RMSE SLAMS",
+    "CRPS background", "CRPS OI/3D-Var", "CRPS SLAMS", "spread SLAMS",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,72 +37,79 @@ def pipeline_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def captured_cases(monkeypatch):
-    """The cases the demo builds (``_demo`` imports ``assimilation_cases`` when it runs)."""
-    cases = []
-    original = testbed.assimilation_cases
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        cases.extend(out)
-        return out
-
-    monkeypatch.setattr(testbed, "assimilation_cases", spy)
-    return cases
-
-
-def run_demo(folder, capsys):
-    status = main(["demo", "--pipeline", str(folder), *ARGV])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return status, json.loads(lines[0])
+def read_table(out: str) -> dict[str, dict[str, float]]:
+    """``{level name or 'all': {column: value}}`` from the printed table."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("level"))
+    rows = {}
+    for line in lines[header + 1 : header + 7]:
+        parts = line.split()
+        rows[" ".join(parts[: len(parts) - len(COLUMNS)])] = dict(
+            zip(COLUMNS, map(float, parts[-len(COLUMNS) :]), strict=True)
+        )
+    assert " ".join(lines[header].split()[1:]) == " ".join(COLUMNS)
+    return rows
 
 
-def test_demo_prints_one_json_line_and_a_consistent_status(pipeline_folder, capsys, captured_cases):
-    status, result = run_demo(pipeline_folder, capsys)
-    (case,) = captured_cases
-    assert case.truth.shape == case.background.shape == (5, 5, 64, 64)
-    assert result["background_rmse_K"] == round(float(rmse(case.background, case.truth)), 3)
-    assert set(result) == KEYS
-    assert result["pipeline"] == str(pipeline_folder)
-    assert result["observations"] == 10  # stations + satellite at each of the 5 steps
-    assert result["members"] == 2 and result["steps"] == 2
-    assert result["finite"] is True
-    for key in ("background_rmse_K", "analysis_rmse_K", "spread_K", "seconds"):
-        assert isinstance(result[key], float | int) and math.isfinite(result[key])
-        assert result[key] >= 0
-    # a 24-h forecast from a 1.5 K perturbation: around 1.4 K
-    assert 0.5 < result["background_rmse_K"] < 3.0
-    assert status in (0, 1)
-    assert status == (0 if result["analysis_rmse_K"] < result["background_rmse_K"] else 1)
-    # seeded: the same command prints the same scores
-    again_status, again = run_demo(pipeline_folder, capsys)
-    assert again_status == status
-    assert {k: v for k, v in again.items() if k != "seconds"} == {
-        k: v for k, v in result.items() if k != "seconds"
-    }
-
-
-@pytest.mark.parametrize("offset, expected_status", [(0.05, 0), (3.0, 1)])
-def test_demo_status_follows_the_scores(
-    pipeline_folder, capsys, captured_cases, monkeypatch, offset, expected_status
+def test_demo_prints_a_table_and_writes_the_analysis_and_a_figure(
+    pipeline_folder, tmp_path, capsys
 ):
-    """A stand-in pipeline returning the truth plus ``offset`` K (± 0.1 K member noise): the
-    analysis beats the background (~1.4 K) by a wide margin, or loses by one."""
+    argv = ["demo", "--pipeline", str(pipeline_folder), "--members", "2", "--steps", "2"]
+    argv += ["--spinup-steps", "50", "--out", str(tmp_path), "--no-progress"]
+    status = main(argv)
+    out = capsys.readouterr().out
+    table = read_table(out)
+    assert list(table) == [*LEVEL_NAMES, "all"]
+    assert f"wrote {tmp_path / 'analysis.nc'} and {tmp_path / 'demo.png'}" in out
+    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    def assimilate(self, background, observations, num_members, generator, **kwargs):
-        (case,) = captured_cases
-        assert torch.equal(background, case.background) and observations is case.observations
-        assert kwargs["num_inference_steps"] == 2 and kwargs["output_type"] == "pt"
-        assert kwargs["background_error_std"] == 0.6 and len(generator) == num_members == 2
-        noise = torch.randn(num_members, *case.truth.shape, generator=generator[0])
-        members = case.truth + offset + 0.1 * noise
-        return AssimilationOutput(members, members.mean(0), members.std(0), members)
+    written = xr.load_dataset(tmp_path / "analysis.nc")
+    assert {"mean", "std", "members", "truth", "background", "oi"} <= set(written.data_vars)
+    assert written["members"].dims == ("member", "time", "level", "y", "x")
+    assert written.sizes["member"] == 2 and written.sizes["time"] == 5
+    np.testing.assert_allclose(written["level"], [850, 700, 500, 300, 200])
+    assert written["mean"].attrs["units"] == "K" and written["y"].attrs["units"] == "m"
 
-    monkeypatch.setattr(SLAMSPipeline, "__call__", assimilate)
-    status, result = run_demo(pipeline_folder, capsys)
-    assert status == expected_status
-    assert result["analysis_rmse_K"] == pytest.approx(math.hypot(offset, 0.1 / 2**0.5), abs=2e-3)
-    assert result["spread_K"] == pytest.approx(0.1, rel=0.05)
-    assert (result["analysis_rmse_K"] < result["background_rmse_K"]) == (status == 0)
+    def tensor(name):
+        return torch.from_numpy(written[name].values).double()
+
+    truth, members = tensor("truth"), tensor("members")
+    dims = level_dims(truth.ndim)
+    expected = {
+        "RMSE background": rmse(tensor("background"), truth, dims),
+        "RMSE OI/3D-Var": rmse(tensor("oi"), truth, dims),
+        "RMSE SLAMS": rmse(members.mean(0), truth, dims),
+        "CRPS SLAMS": crps(members, truth, dims),
+        "CRPS background": crps(tensor("background")[None], truth, dims),
+        "spread SLAMS": ensemble_spread(members, dims),
+    }
+    for column, values in expected.items():  # the table prints 3 decimals
+        printed = [table[name][column] for name in LEVEL_NAMES]
+        np.testing.assert_allclose(printed, values.float(), atol=5e-4, err_msg=column)
+    # a deterministic estimate's CRPS is its mean absolute error
+    mae = (tensor("background") - truth).abs().mean(dim=dims)
+    np.testing.assert_allclose(expected["CRPS background"], mae, rtol=1e-12)
+    # OI/3D-Var with the B estimated on validation windows is the BLUE: better than the background
+    assert table["all"]["RMSE OI/3D-Var"] < table["all"]["RMSE background"]
+    assert 0.5 < table["all"]["RMSE background"] < 3.0  # a 24-h forecast from a 1.5 K perturbation
+    assert status == (0 if table["all"]["RMSE SLAMS"] < table["all"]["RMSE background"] else 1)
+
+    # seeded: the same command, told to overwrite, prints the same numbers
+    assert main([*argv, "--overwrite"]) == status
+    assert read_table(capsys.readouterr().out) == table
+
+
+def test_the_demo_on_the_embedded_pipeline_takes_well_under_two_minutes(tmp_path, capsys):
+    """The defaults: 16 members, 32 steps, 100 days of spin-up, on this machine's thread(s)."""
+    start = time.perf_counter()
+    status = main(["demo", "--out", str(tmp_path), "--no-progress"])
+    seconds = time.perf_counter() - start
+    table = read_table(capsys.readouterr().out)
+    assert seconds < 120
+    assert status == 0
+    everything = table["all"]
+    # one window: SLAMS beats the background clearly and OI/3D-Var with the same B
+    assert everything["RMSE SLAMS"] < 0.9 * everything["RMSE background"]
+    assert everything["RMSE SLAMS"] < everything["RMSE OI/3D-Var"]
+    assert everything["CRPS SLAMS"] < everything["CRPS OI/3D-Var"]
+    assert 0.3 < everything["spread SLAMS"] / everything["RMSE SLAMS"] < 2.0
