@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -21,6 +22,7 @@ from slams_diffusers.data.testbed import default_observations
 from slams_diffusers.io import (
     member_generators,
     read_background,
+    read_satellite,
     read_stations,
     satellite_dataset,
     station_table,
@@ -198,7 +200,7 @@ def test_an_era5_style_background_keeps_its_names(files, tmp_path):
         values,
         dims=("time", "plev", "latitude", "longitude"),
         coords={
-            "time": truth["time"].values[:5],
+            "time": pd.date_range("2020-01-01", periods=5, freq="6h"),
             "plev": ("plev", truth["level"].values * 100.0, {"units": "Pa"}),
             "latitude": ("latitude", latitude, {"units": "degrees_north"}),
             "longitude": ("longitude", longitude, {"units": "degrees_east"}),
@@ -209,15 +211,13 @@ def test_an_era5_style_background_keeps_its_names(files, tmp_path):
     era5.to_dataset().to_netcdf(tmp_path / "era5.nc")
     rows = {
         "station": ["a", "a", "b"],
-        "time": [truth["time"].values[0]] * 3,
+        "time": [pd.Timestamp("2020-01-01T00:00")] * 3,
         "lat": [45.0, 45.0, -30.0],
         "lon": [10.0, 10.0, 350.0],
         "pressure": [850.0, 500.0, 700.0],
         "value": [float(values[0, 0, 10, 1]), np.nan, float(values[0, 1, 50, 62])],
         "error": [0.5, 0.5, 0.5],
     }
-    import pandas as pd
-
     pd.DataFrame(rows).to_parquet(tmp_path / "stations.parquet")
     out = tmp_path / "analysis.nc"
     argv = [
@@ -228,6 +228,7 @@ def test_an_era5_style_background_keeps_its_names(files, tmp_path):
     assert main(argv) == 0
     written = xr.load_dataset(out)
     assert written["mean"].dims == ("time", "plev", "latitude", "longitude")
+    assert written["time"].values[0] == np.datetime64("2020-01-01T00:00")
     assert np.all(np.diff(written["latitude"].values) > 0)
     np.testing.assert_allclose(written["plev"].values, [850, 700, 500, 300, 200])
     assert written["plev"].attrs["units"] == "hPa"
@@ -264,3 +265,54 @@ def test_train_prints_both_stages_checked_by_the_scripts(files, capsys, monkeypa
     monkeypatch.setattr(subprocess, "run", fake_run)
     assert main([*argv, "--run"]) == 3
     assert len(ran) == 1 and "train_autoencoder.py" in " ".join(ran[0])
+
+
+def test_satellite_clouds_and_errors_per_channel(files, tmp_path):
+    """cloud_mask (time, y, x) hides every channel of a footprint; error per channel; the
+    weights' level coordinate may list the levels in any order."""
+    background = read_background(files["folder"] / "background.nc")
+    times = background.data["time"].values[:2]
+    radiance = np.full((2, 2, 16, 16), 250.0)
+    radiance[1, 0, 3, 4] = np.nan
+    clouds = np.zeros((2, 16, 16), dtype=np.int8)
+    clouds[0, 5, 6] = 1
+    weights = np.array([[0.0, 0.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 0.0, 0.0]])
+    xr.Dataset(
+        {
+            "radiance": (("time", "channel", "y", "x"), radiance),
+            "weights": (("channel", "level"), weights[:, ::-1]),  # levels 200 ... 850
+            "cloud_mask": (("time", "y", "x"), clouds),
+            "error": (("channel",), [1.5, 0.7]),
+        },
+        coords={"time": times, "level": [200.0, 300.0, 500.0, 700.0, 850.0]},
+    ).to_netcdf(tmp_path / "sat.nc")
+    first, second = read_satellite(tmp_path / "sat.nc", background)
+    assert first.footprint == second.footprint == 4 and second.time_index == 1
+    np.testing.assert_allclose(first.weights, weights / weights.sum(1, keepdims=True))
+    assert not first.mask[:, 5, 6].any() and int(first.mask.sum()) == 2 * 256 - 2
+    assert not second.mask[0, 3, 4] and int(second.mask.sum()) == 2 * 256 - 1
+    np.testing.assert_allclose(first.noise_variance()[:, 0, 0], [1.5**2, 0.7**2], rtol=1e-6)
+
+
+def test_stations_by_level_index(files, tmp_path):
+    background = read_background(files["folder"] / "background.nc")
+    time = background.data["time"].values[3]
+    y, x = background.data["y"].values[[10, 20]], background.data["x"].values[[30, 40]]
+    table = pd.DataFrame(
+        {
+            "station": [7, 7, 8],
+            "time": [time] * 3,
+            "y": [y[0], y[0], y[1]],
+            "x": [x[0], x[0], x[1]],
+            "level": [4, 1, 1],
+            "value": [210.0, 260.0, 261.0],
+            "error": [0.3, 0.4, 0.5],
+        }
+    )
+    table.to_csv(tmp_path / "st.csv", index=False)
+    (stations,) = read_stations(tmp_path / "st.csv", background, periodic=(True, True))
+    assert stations.time_index == 3 and stations.levels == (1, 4)
+    np.testing.assert_allclose(stations.positions.numpy(), [[10, 30], [20, 40]], atol=1e-9)
+    assert stations.mask.tolist() == [[True, True], [True, False]]
+    np.testing.assert_allclose(stations.values[0], [260.0, 210.0])
+    np.testing.assert_allclose(stations.noise_variance()[0], [0.4**2, 0.3**2], rtol=1e-6)
