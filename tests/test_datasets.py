@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array
 import datasets
@@ -14,10 +16,13 @@ from slams_diffusers import LevelNormalizer, StateAutoencoder
 from slams_diffusers.data.datasets import (
     LevelStatistics,
     WindowDataset,
+    add_split,
     from_hf_dataset,
+    level_pressures,
     open_store,
     select_split,
     to_hf_dataset,
+    to_store,
     to_xarray,
 )
 
@@ -161,18 +166,28 @@ def test_open_levels_subset_and_mismatch():
 
 
 def test_open_missing_variable():
-    ds = make_testbed()[["q"]]
-    with pytest.raises(ValueError, match=r"found variables \['q'\].*expected") as err:
+    ds = make_testbed()[["q"]].assign(u=lambda d: d.q + 1)
+    with pytest.raises(ValueError, match=r"found variables \['q', 'u'\].*expected") as err:
         open_store(ds)
-    assert "'temperature'" in str(err.value) and "air_temperature" in str(err.value)
-    with pytest.raises(ValueError, match=r"`variable`='u'.*found variables \['q'\]"):
-        open_store(ds, "u")
+    message = str(err.value)
+    assert "'temperature'" in message and "air_temperature" in message
+    assert "a single data variable" in message and "--variable" in message
+    with pytest.raises(ValueError, match=r"`variable`='v'.*found variables \['q', 'u'\]"):
+        open_store(ds, "v")
+
+
+def test_open_the_single_variable_whatever_its_name():
+    ds = make_testbed().rename(t="streamfunction").drop_vars("q")
+    ds["time_bnds"] = xr.DataArray(np.zeros((4, 2)), dims=("trajectory", "bnds"))  # no time dim
+    array = open_store(ds)
+    assert array.name == "streamfunction"
+    np.testing.assert_array_equal(array.values, ds["streamfunction"].values)
 
 
 def test_open_missing_and_unexpected_dims():
-    flat = weatherbench().isel(level=0, drop=True)
-    with pytest.raises(ValueError, match=r"missing \['level'\].*Expected \(trajectory\?, time"):
-        open_store(flat)
+    flat = weatherbench().isel(level=0, drop=True).drop_vars("time")
+    with pytest.raises(ValueError, match=r"missing \['time'\].*Expected \(trajectory\?, time"):
+        open_store(flat.rename(time="step"))
     with pytest.raises(ValueError, match=r"unexpected \['layer'\]"):
         open_store(make_testbed(), "q")
     both = xr.DataArray(np.zeros((2, 2, 2, 2, 2)), dims=("time", "level", "lat", "latitude", "x"))
@@ -371,3 +386,156 @@ def test_hf_rejects_reordered_rows(tmp_path):
         from_hf_dataset(hf.select([1, 0, 2, 3, 4, 5]))
     with pytest.raises(ValueError, match="has 5 rows; expected 6"):
         from_hf_dataset(hf.select(range(5)))
+
+
+# ------------------------------------------------------------- other fields, levels in Pa
+def single_run(steps: int = 30, plev=(85000.0, 50000.0), units: str | None = "Pa") -> xr.Dataset:
+    """One continuous run, CMIP layout: ta(time, plev, lat, lon), plev in Pa."""
+    rng = np.random.default_rng(3)
+    values = 250.0 + rng.normal(size=(steps, len(plev), 3, 4))
+    attrs = {} if units is None else {"units": units}
+    return xr.Dataset(
+        {"ta": (("time", "plev", "lat", "lon"), values, {"units": "K"})},
+        coords={"plev": ("plev", list(plev), attrs), "lat": [-10.0, 0.0, 10.0]},
+    )
+
+
+def test_open_fields_without_a_level_dim():
+    rng = np.random.default_rng(4)
+    u = rng.normal(size=(3, 5, 8))  # a 1-D model (Lorenz-96 like): (trajectory, time, x)
+    ds = xr.Dataset({"u": (("trajectory", "time", "x"), u)})
+    array = open_store(ds)
+    assert array.dims == ("trajectory", "time", "level", "x") and array.sizes["level"] == 1
+    np.testing.assert_array_equal(array.values[:, :, 0], u)
+    assert level_pressures(array) is None
+    surface = weatherbench().isel(level=0, drop=True)  # (time, latitude, longitude)
+    flat = open_store(surface)
+    assert flat.dims == ("time", "level", "y", "x") and flat.sizes["level"] == 1
+    np.testing.assert_array_equal(flat.values[:, 0], surface["temperature"].values[:, ::-1])
+    chosen = open_store(weatherbench().sel(level=500.0))  # a scalar level coordinate
+    assert chosen.sizes["level"] == 1 and chosen["level"].values.tolist() == [500.0]
+
+
+def test_levels_in_pa_and_level_pressures():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # units say Pa: converted silently
+        array = open_store(single_run())
+    assert array.dims == ("time", "level", "y", "x")
+    assert array["level"].values.tolist() == [850.0, 500.0]
+    assert array["level"].attrs["units"] == "hPa"
+    assert level_pressures(array) == [850.0, 500.0]
+    # no units, values only Pa can have: read as Pa, with a warning
+    with pytest.warns(UserWarning, match="no units and values above 1100: read as Pa"):
+        bare = open_store(single_run(units=None))
+    assert level_pressures(bare) == [850.0, 500.0]
+    # the levels asked for may be in Pa too
+    assert open_store(single_run(), levels=[50000.0])["level"].values.tolist() == [500.0]
+    assert open_store(single_run(), levels=[500.0, 850.0])["level"].values.tolist() == [
+        500.0,
+        850.0,
+    ]
+    numbered = xr.DataArray(np.zeros((2, 3)), dims=("time", "level"), coords={"level": [1, 2, 3]})
+    assert level_pressures(open_store(numbered)) is None  # model level numbers
+    heights = single_run(plev=(1500.0, 3000.0), units="m")  # not pressure: kept as is
+    assert level_pressures(open_store(heights)) is None
+    assert open_store(heights, levels=[3000.0])["level"].values.tolist() == [3000.0]
+
+
+# ----------------------------------------------------------------------------------- splits
+def test_add_split_by_time_leaves_gaps_between_blocks():
+    run = open_store(single_run(steps=30))
+    split = add_split(run, (0.8, 0.1, 0.1), gap=3)
+    # 30 - 2 gaps of 3 = 24 times: largest remainder of 19.2 / 2.4 / 2.4 gives 19 / 3 / 2
+    expected = ["train"] * 19 + ["gap"] * 3 + ["val"] * 3 + ["gap"] * 3 + ["test"] * 2
+    assert split["split"].dims == ("time",) and split["split"].values.tolist() == expected
+    assert split["split"].dtype == object and split["split"].attrs["gap"] == 3
+    for name, (start, stop) in {"train": (0, 19), "val": (22, 25), "test": (28, 30)}.items():
+        part = select_split(split, name)
+        np.testing.assert_array_equal(part.values, run.values[start:stop])
+    windows = WindowDataset(split, window=3, split="val")
+    assert len(windows) == 1
+    np.testing.assert_array_equal(windows[0].numpy(), run.values[22:25].astype(np.float32))
+    assert add_split(run, (1.0,))["split"].values.tolist() == ["train"] * 30
+    # zero fractions give no block and no gap
+    assert add_split(run, (0.5, 0.0, 0.5), gap=2)["split"].values.tolist() == (
+        ["train"] * 14 + ["gap"] * 2 + ["test"] * 14
+    )
+
+
+def test_add_split_by_trajectory_and_the_automatic_choice():
+    testbed = open_store(make_testbed(trajectories=5, steps=4))
+    split = add_split(testbed, (0.6, 0.2, 0.2))
+    assert split["split"].dims == ("trajectory",)
+    assert split["split"].values.tolist() == ["train", "train", "train", "val", "test"]
+    assert select_split(split, "test")["trajectory"].values.tolist() == [4]
+    two = open_store(make_testbed(trajectories=2, steps=9)).drop_vars("split")
+    assert add_split(two, (0.8, 0.1, 0.1))["split"].dims == ("time",)  # too few trajectories
+    with pytest.raises(ValueError, match="applies to by='time' only"):
+        add_split(testbed, gap=2, by="trajectory")
+    with pytest.raises(ValueError, match=r"has 9 time entries.*needs at least 11"):
+        add_split(two, (0.8, 0.1, 0.1), gap=4, by="time")
+    with pytest.raises(ValueError, match="`fractions` must be 1 to 3 non-negative"):
+        add_split(two, (0.5, -0.5))
+    with pytest.raises(ValueError, match="`by` must be"):
+        add_split(two, by="level")
+    with pytest.raises(ValueError, match="`gap` must be an integer"):
+        add_split(two, gap=1.5)
+
+
+def test_select_split_says_how_to_split_a_single_run():
+    run = open_store(single_run())
+    with pytest.raises(ValueError, match="needs a `split` coordinate") as err:
+        select_split(run, "train")
+    message = str(err.value)
+    assert "add_split(data, fractions=(0.8, 0.1, 0.1), gap=8)" in message
+    assert "--split_by time --split_fractions 0.8 0.1 0.1 --split_gap 8" in message
+    assert "--split None" in message
+    scattered = run.assign_coords(split=("time", ["train", "val"] * 15))
+    with pytest.raises(ValueError, match="not one block of consecutive times"):
+        select_split(scattered, "train")
+    with pytest.raises(ValueError, match=r"selects no time; found splits \['train', 'val'\]"):
+        select_split(scattered, "test")
+
+
+# ---------------------------------------------------------------------------------- to_store
+@pytest.mark.parametrize("name", ["run.zarr", "run.nc"])
+def test_to_store_round_trip_without_warnings(tmp_path, name):
+    source = single_run(steps=12)
+    path = tmp_path / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no zarr warning about the split strings
+        to_store(source["ta"], path, split=(0.5, 0.25, 0.25), gap=2)
+        back = open_store(path)
+    expected = add_split(open_store(source), (0.5, 0.25, 0.25), gap=2)  # 4 | 2 | 2 | 2 | 2
+    np.testing.assert_array_equal(back.values, expected.values)
+    assert back.dims == expected.dims and back.name == "ta" and back.attrs == {"units": "K"}
+    assert back["level"].values.tolist() == [850.0, 500.0]
+    assert [str(v) for v in back["split"].values] == list(expected["split"].values)
+    np.testing.assert_array_equal(select_split(back, "val").values, expected.values[6:8])
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+        to_store(source["ta"], path)
+    to_store(source["ta"], path, split="train", overwrite=True)
+    assert {str(v) for v in open_store(path)["split"].values} == {"train"}
+
+
+def test_to_store_arrays_and_labels(tmp_path):
+    rng = np.random.default_rng(5)
+    runs = rng.normal(size=(3, 6, 8))
+    path = to_store(
+        torch.from_numpy(runs), tmp_path / "l96.zarr", split=["train", "val", "test"],
+        dims=("trajectory", "time", "x"), name="u", attrs={"long_name": "Lorenz-96"},
+    )  # fmt: skip
+    back = open_store(path)
+    assert back.dims == ("trajectory", "time", "level", "x") and back.name == "u"
+    np.testing.assert_array_equal(back.values[:, :, 0], runs)
+    assert back.attrs["long_name"] == "Lorenz-96"
+    np.testing.assert_array_equal(select_split(back, "val").values[0, :, 0], runs[1])
+    # the labels survive the datasets export
+    hf = to_hf_dataset(back, cache_dir=tmp_path / "cache")
+    assert [str(v) for v in from_hf_dataset(hf)["split"].values] == ["train", "val", "test"]
+    default = open_store(to_store(runs[0], tmp_path / "one.nc"))  # (time, x) by default
+    assert default.dims == ("time", "level", "x") and default.name == "state"
+    with pytest.raises(ValueError, match="needs `dims`"):
+        to_store(runs, tmp_path / "x.zarr")
+    with pytest.raises(ValueError, match="one label per trajectory or per time"):
+        to_store(runs, tmp_path / "y.zarr", split=["train"] * 4, dims=("trajectory", "time", "x"))

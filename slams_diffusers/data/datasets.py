@@ -1,18 +1,25 @@
 """Data layer: xarray / zarr / netCDF / Hugging Face ``datasets`` <-> tensors.
 
-The canonical layout of a state store is one ``xarray.DataArray`` of temperature in K with
-dims ``(trajectory?, time, level, *space)``, ``space`` a subset of ``(y, x)`` in that order:
+The canonical layout of a state store is one ``xarray.DataArray`` (temperature in K, or any
+other field) with dims ``(trajectory?, time, level, *space)``, ``space`` a subset of ``(y, x)``
+in that order:
 
-- ``trajectory`` (optional): independent runs (the QG testbed); windows never cross it. A
-  ``split`` coordinate on it (``'train'`` / ``'val'`` / ``'test'``) selects subsets.
+- ``trajectory`` (optional): independent runs (the QG testbed); windows never cross it.
+- ``split`` (optional coordinate, on ``trajectory`` or on ``time``): ``'train'`` / ``'val'`` /
+  ``'test'`` labels that select subsets; on ``time`` each split is one block of consecutive
+  times, separated by ``'gap'`` times (:func:`add_split`), so one continuous run can be split.
 - ``time``: consecutive states of one trajectory.
-- ``level``: pressure levels in hPa (converted from Pa when the coordinate says ``units='Pa'``).
+- ``level``: pressure levels in hPa (converted from Pa when the coordinate says ``units='Pa'``,
+  or has no units and values above 1100); a store without a level dim gets one of size 1.
 - ``y``, ``x``: the grid; ``latitude``/``lat`` become ``y`` and ``longitude``/``lon`` become
   ``x`` (coordinate values and attributes kept), in ascending order.
 
 Functions:
 
 - :func:`open_store`: netCDF / zarr path or xarray object -> canonical, lazy ``DataArray``.
+- :func:`to_store`: an array -> a zarr / netCDF store in that layout (``split`` labels included).
+- :func:`add_split`, :func:`select_split`: label and select train / val / test subsets.
+- :func:`level_pressures`: the store's levels in hPa, when they are pressure levels.
 - :class:`LevelStatistics`: per-level mean / std (one dask pass) for model configs.
 - :class:`WindowDataset`: ``torch`` dataset of ``(window, level, *space)`` windows.
 - :func:`to_xarray`: tensors ``(..., time, level, *space)`` -> ``DataArray`` on a template.
@@ -31,6 +38,7 @@ import json
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,24 +48,40 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from ..observations import pressures_hpa
+
 __all__ = [
     "CANONICAL_DIMS",
     "DIM_ALIASES",
+    "GAP_LABEL",
     "HF_METADATA_FORMAT",
+    "SPLIT_NAMES",
     "TEMPERATURE_NAMES",
     "LevelStatistics",
     "WindowDataset",
+    "add_split",
     "from_hf_dataset",
+    "level_pressures",
     "open_store",
     "select_split",
     "to_hf_dataset",
+    "to_store",
     "to_xarray",
 ]
 
 CANONICAL_DIMS = ("trajectory", "time", "level", "y", "x")
 """Canonical dim order; ``trajectory``, ``y`` and ``x`` are optional."""
 
-REQUIRED_DIMS = ("time", "level")
+REQUIRED_DIMS = ("time",)
+
+SPLIT_NAMES = ("train", "val", "test")
+"""Split labels :func:`add_split` gives, in order."""
+
+GAP_LABEL = "gap"
+"""Split label of the times :func:`add_split` leaves out between two splits."""
+
+_PA_UNITS = ("Pa", "pa", "pascal", "Pascal", "pascals")
+_HPA_UNITS = ("hPa", "hpa", "hectopascal", "hectopascals", "mbar", "millibar", "millibars", "mb")
 
 TEMPERATURE_NAMES = ("t", "temperature", "air_temperature", "ta", "T")
 """Variable names tried, in order, when ``variable`` is not given (then ``standard_name``)."""
@@ -87,13 +111,26 @@ def _open_path(
 ) -> xr.Dataset:
     """A lazy ``xr.Dataset`` from a zarr store (directory or ``*.zarr``) or a netCDF file."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"`source`: no such file or folder {path!r}; expected a zarr or netCDF store."
+        )
     if engine is None and _is_zarr(path):
         engine = "zarr"
-    return xr.open_dataset(path, engine=engine, chunks=chunks, **open_kwargs)
+    try:
+        return xr.open_dataset(path, engine=engine, chunks=chunks, **open_kwargs)
+    except NotImplementedError:
+        if chunks != "auto":
+            raise
+        # dask cannot size "auto" chunks of variable-length strings (a `split` coordinate
+        # written by `to_store`): take the store's own chunks instead
+        return xr.open_dataset(path, engine=engine, chunks={}, **open_kwargs)
 
 
 def _find_variable(dataset: xr.Dataset, variable: str | None) -> xr.DataArray:
-    """The temperature variable of ``dataset``: ``variable`` or the first known name."""
+    """The state variable of ``dataset``: ``variable``, else the first temperature name, else
+    the one with ``standard_name='air_temperature'``, else the only data variable with a time
+    dim (any field: a store of one variable needs no name)."""
     found = list(map(str, dataset.data_vars))
     if variable is not None:
         if variable not in dataset.data_vars:
@@ -108,10 +145,14 @@ def _find_variable(dataset: xr.Dataset, variable: str | None) -> xr.DataArray:
     for array in dataset.data_vars.values():
         if array.attrs.get("standard_name") == "air_temperature":
             return array
+    times = ("time", *DIM_ALIASES["time"])
+    fields = [a for a in dataset.data_vars.values() if any(d in a.dims for d in times)]
+    if len(fields) == 1:
+        return fields[0]
     raise ValueError(
-        f"No temperature variable in the store: found variables {found}; expected one named "
-        f"{list(TEMPERATURE_NAMES)} or with standard_name='air_temperature' "
-        "(or pass `variable=`)."
+        f"No variable to read in the store: found variables {found}; expected one named "
+        f"{list(TEMPERATURE_NAMES)}, one with standard_name='air_temperature', or a single "
+        "data variable with a time dim; pass `variable=` (training scripts: --variable NAME)."
     )
 
 
@@ -145,7 +186,7 @@ def _validate_dims(array: xr.DataArray, original_dims: tuple[Hashable, ...]) -> 
         raise ValueError(
             f"`data` variable {array.name!r} has dims {tuple(map(str, original_dims))} "
             f"(after name mapping {tuple(map(str, array.dims))}): {'; '.join(problems)}. "
-            f"Expected (trajectory?, time, level, y?, x?), where latitude/lat -> y, "
+            f"Expected (trajectory?, time, level?, y?, x?), where latitude/lat -> y, "
             f"longitude/lon -> x, plev/pressure_level/isobaricInhPa -> level, valid_time -> time."
         )
 
@@ -157,14 +198,57 @@ def _load_coords(array: xr.DataArray) -> xr.DataArray:
 
 
 def _levels_to_hpa(array: xr.DataArray) -> xr.DataArray:
-    """Convert a ``level`` coordinate in Pa to hPa (attributes kept, ``units='hPa'``)."""
+    """Convert a ``level`` coordinate in Pa to hPa (attributes kept, ``units='hPa'``): one
+    whose units say Pa, or one without units whose values are all above 1100 (no pressure in
+    hPa is), with a warning that it was read as Pa."""
     if "level" not in array.coords:
         return array
     level = array.coords["level"]
-    if str(level.attrs.get("units", "")).strip() not in ("Pa", "pa", "pascal", "Pascal"):
-        return array
+    units = str(level.attrs.get("units", "")).strip()
+    values = np.asarray(level.values)
+    if units not in _PA_UNITS:
+        numeric = values.dtype.kind in "fiu" and values.size > 0
+        if units or not numeric or not bool(np.all(values > 1100)):
+            return array
+        warnings.warn(
+            f"the store's `level` coordinate {values.tolist()} has no units and values above "
+            "1100: read as Pa and converted to hPa (set its `units` attribute to silence this).",
+            UserWarning,
+            stacklevel=3,
+        )
     attrs = {**level.attrs, "units": "hPa"}
-    return array.assign_coords(level=("level", np.asarray(level.values) / 100.0, attrs))
+    return array.assign_coords(level=("level", values / 100.0, attrs))
+
+
+def _add_level(array: xr.DataArray) -> xr.DataArray:
+    """A store without a ``level`` dim (a 1-D or 2-D field) gets one of size 1, no coordinate."""
+    if "level" in array.dims:
+        return array
+    return array.expand_dims("level")  # a scalar `level` coordinate becomes the dim's value
+
+
+def level_pressures(data: xr.DataArray) -> list[float] | None:
+    """The pressures [hPa] of the levels of a canonical array, or ``None`` if they are not
+    pressure levels: a ``level`` coordinate in hPa / mbar (or Pa, converted by
+    :func:`open_store`), or without units and with values in ``(0, 1100]`` that do not count
+    ``0, 1, 2, ...`` or ``1, 2, 3, ...`` (model level numbers)."""
+    if "level" not in data.coords or data.coords["level"].ndim != 1:
+        return None
+    level = data.coords["level"]
+    values = np.asarray(level.values)
+    if values.dtype.kind not in "fiu" or values.size == 0:
+        return None
+    units = str(level.attrs.get("units", "")).strip()
+    if units in _PA_UNITS:
+        values = values / 100.0
+    elif units not in _HPA_UNITS and units != "":
+        return None
+    elif units == "" and values.size > 1 and values[0] in (0, 1):
+        if np.array_equal(values, values[0] + np.arange(values.size)):
+            return None  # level numbers, not pressures
+    if not (np.all(np.isfinite(values)) and np.all(values > 0) and np.all(values <= 1100)):
+        return None
+    return [float(v) for v in values]
 
 
 def _ascending_space(array: xr.DataArray) -> xr.DataArray:
@@ -178,8 +262,14 @@ def _ascending_space(array: xr.DataArray) -> xr.DataArray:
 
 
 def _select_levels(array: xr.DataArray, levels: Sequence[float]) -> xr.DataArray:
-    """Select ``levels`` [hPa] in the given order; ``ValueError`` if any is missing."""
-    expected = [float(v) for v in levels]
+    """Select ``levels`` [hPa, or Pa: see :func:`~slams_diffusers.observations.pressures_hpa`]
+    in the given order; ``ValueError`` if any is missing."""
+    if isinstance(levels, str | bytes) or not isinstance(levels, Sequence | np.ndarray):
+        raise ValueError(f"`levels` must be a sequence of levels, got {levels!r}.")
+    if level_pressures(array) is not None:
+        expected = pressures_hpa(levels, "levels")
+    else:
+        expected = [float(v) for v in levels]
     if "level" not in array.coords:
         raise ValueError(
             f"`levels`={expected} cannot be checked: the store's `level` dim has no "
@@ -219,8 +309,9 @@ def open_store(
             ``xr.Dataset`` / ``xr.DataArray`` (used as is: no re-chunking).
         variable: the variable to read; by default the first of :data:`TEMPERATURE_NAMES`
             present, else the first with ``standard_name='air_temperature'``.
-        levels: pressure levels [hPa] the caller (e.g. a model) expects; the store is
-            subset / reordered to them, ``ValueError`` if any is missing.
+        levels: levels the caller (e.g. a model) expects, pressures in hPa (or Pa, values
+            above 1100); the store is subset / reordered to them, ``ValueError`` if any is
+            missing.
         chunks: passed to ``xr.open_dataset`` for paths: ``"auto"`` / dict -> dask-backed
             (larger-than-memory stores), ``None`` -> xarray's lazy indexing without dask.
         engine: xarray backend; by default ``"zarr"`` for zarr paths, else xarray's guess.
@@ -228,9 +319,9 @@ def open_store(
 
     Returns:
         ``DataArray`` with dims ``(trajectory?, time, level, *space)`` (``space`` a subset of
-        ``(y, x)``), ``y`` / ``x`` ascending, ``level`` in hPa; attributes and coordinates of
-        the variable kept (renamed dims keep their coordinate values and attributes). Nothing
-        is loaded.
+        ``(y, x)``), ``y`` / ``x`` ascending, ``level`` in hPa (a size-1 ``level`` dim without
+        coordinate when the store has none); attributes and coordinates of the variable kept
+        (renamed dims keep their coordinate values and attributes). Nothing is loaded.
 
     Raises:
         ValueError: missing variable, missing or unexpected dims, or levels not in the store;
@@ -250,6 +341,7 @@ def open_store(
     original_dims = array.dims
     array = _load_coords(_rename_dims(array))
     _validate_dims(array, original_dims)
+    array = _add_level(array)
     array = array.transpose(*[d for d in CANONICAL_DIMS if d in array.dims])
     array = _levels_to_hpa(_ascending_space(array))
     if levels is not None:
@@ -257,25 +349,161 @@ def open_store(
     return array
 
 
-def select_split(data: xr.DataArray, split: str | None) -> xr.DataArray:
-    """The trajectories of ``data`` whose ``split`` coordinate equals ``split`` (lazy).
+def _split_labels(data: xr.DataArray) -> np.ndarray:
+    """The ``split`` coordinate as an array of ``str`` (fixed-width, object, numpy's
+    ``StringDType`` and netCDF bytes alike)."""
+    values = np.asarray(data.coords["split"].values).ravel()
+    labels = [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+    out = np.empty(len(labels), dtype=object)
+    out[:] = labels
+    return out
 
-    ``split=None`` returns ``data`` unchanged. ``ValueError`` if there is no ``split``
-    coordinate on ``trajectory`` or no trajectory has that split.
+
+def _split_dim(data: xr.DataArray) -> str | None:
+    """The dim the ``split`` coordinate labels (``trajectory`` or ``time``), or ``None``."""
+    if "split" not in data.coords:
+        return None
+    dims = data.coords["split"].dims
+    if len(dims) != 1 or dims[0] not in ("trajectory", "time"):
+        raise ValueError(
+            f"the `split` coordinate has dims {tuple(map(str, dims))}; expected ('trajectory',) "
+            "or ('time',)."
+        )
+    return str(dims[0])
+
+
+_SPLIT_HELP = (
+    "label one with add_split(data, fractions=(0.8, 0.1, 0.1), gap=8) (training scripts: "
+    "--split_by time --split_fractions 0.8 0.1 0.1 --split_gap 8), or pass split=None "
+    "(--split None) to use all of the data"
+)
+
+
+def select_split(data: xr.DataArray, split: str | None) -> xr.DataArray:
+    """The part of ``data`` whose ``split`` coordinate equals ``split`` (lazy).
+
+    On ``trajectory``: those trajectories. On ``time``: that block of consecutive times (it
+    must be one block, as :func:`add_split` writes, so windows never jump over other splits).
+    ``split=None`` returns ``data`` unchanged.
+
+    Raises:
+        ValueError: no ``split`` coordinate (the message says how to add one), no data with
+            that label, or a time split that is not one block.
     """
     if split is None:
         return data
-    if "trajectory" not in data.dims or "split" not in data.coords:
+    dim = _split_dim(data)
+    if dim is None or dim not in data.dims:
         raise ValueError(
-            f"`split`={split!r} needs a `split` coordinate on a `trajectory` dim; found dims "
-            f"{tuple(map(str, data.dims))} and coordinates {sorted(map(str, data.coords))}."
+            f"`split`={split!r} needs a `split` coordinate on the `trajectory` or `time` dim; "
+            f"found dims {tuple(map(str, data.dims))} and coordinates "
+            f"{sorted(map(str, data.coords))}: {_SPLIT_HELP}."
         )
-    labels = np.asarray(data.coords["split"].values).astype(str)
+    labels = _split_labels(data)
     chosen = np.flatnonzero(labels == split)
     if chosen.size == 0:
-        found = sorted({str(label) for label in labels})
-        raise ValueError(f"`split`={split!r} selects no trajectory; found splits {found}.")
-    return data.isel(trajectory=chosen)
+        found = sorted({label for label in labels if label != GAP_LABEL})
+        raise ValueError(f"`split`={split!r} selects no {dim}; found splits {found}.")
+    if dim == "trajectory":
+        return data.isel(trajectory=chosen)
+    if not bool(np.all(np.diff(chosen) == 1)):
+        raise ValueError(
+            f"`split`={split!r} labels times {chosen.tolist()} that are not one block of "
+            "consecutive times; expected one block per split (as add_split writes), so that "
+            "windows do not jump over the other splits."
+        )
+    return data.isel(time=slice(int(chosen[0]), int(chosen[-1]) + 1))
+
+
+def _object_labels(labels: Sequence[str]) -> np.ndarray:
+    """Labels as an object array of ``str``: zarr stores them as variable-length strings
+    (fixed-width unicode has no stable zarr v3 encoding and warns)."""
+    out = np.empty(len(labels), dtype=object)
+    out[:] = [str(label) for label in labels]
+    return out
+
+
+def add_split(
+    data: xr.DataArray,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    gap: int = 0,
+    *,
+    by: str | None = None,
+) -> xr.DataArray:
+    """``data`` with a ``split`` coordinate labelling train / val / test parts.
+
+    ``by="trajectory"``: whole trajectories, ``fractions`` of them per split (largest
+    remainder, at least one each when there are enough). ``by="time"`` (one continuous run, or
+    the same time blocks in every trajectory): consecutive blocks of times in the order of
+    :data:`SPLIT_NAMES`, ``fractions`` of the ``T - gap (k - 1)`` times that are not gaps (``k``
+    non-empty splits), with ``gap`` times labelled :data:`GAP_LABEL` between two blocks. States
+    a few steps apart are correlated: a gap of at least the training window keeps the windows
+    of different splits apart. ``by=None``: by trajectory when there are at least ``k``
+    trajectories, else by time. An existing ``split`` coordinate is replaced.
+
+    Args:
+        data: a canonical array (:func:`open_store`) with a ``time`` dim.
+        fractions: 1 to 3 non-negative fractions for ``('train', 'val', 'test')``, normalised.
+        gap: times left out between two splits (``by="time"`` only), ``>= 0``.
+        by: ``"trajectory"``, ``"time"`` or ``None``.
+
+    Raises:
+        ValueError: bad fractions, gap or ``by``, or too few trajectories / times.
+    """
+    from .qg import split_counts
+
+    try:
+        shares = [float(f) for f in fractions]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`fractions` must be numbers, got {fractions!r}.") from e
+    if not 1 <= len(shares) <= len(SPLIT_NAMES) or any(
+        not math.isfinite(f) or f < 0 for f in shares
+    ):
+        raise ValueError(
+            f"`fractions` must be 1 to {len(SPLIT_NAMES)} non-negative numbers for "
+            f"{SPLIT_NAMES[: len(shares) or 1]}, got {shares}."
+        )
+    k = sum(f > 0 for f in shares)
+    if k == 0:
+        raise ValueError(f"`fractions` must not all be zero, got {shares}.")
+    if isinstance(gap, bool) or int(gap) != gap or gap < 0:
+        raise ValueError(f"`gap` must be an integer >= 0 (times between splits), got {gap!r}.")
+    gap = int(gap)
+    if by is None:
+        by = "trajectory" if data.sizes.get("trajectory", 0) >= k else "time"
+    if by not in ("trajectory", "time"):
+        raise ValueError(f"`by` must be 'trajectory', 'time' or None, got {by!r}.")
+    if by not in data.dims:
+        raise ValueError(
+            f"`by`={by!r}: `data` has no {by!r} dim (dims {tuple(map(str, data.dims))}); "
+            "expected by='time' for one continuous run."
+        )
+    if by == "trajectory" and gap:
+        raise ValueError(
+            f"`gap`={gap} applies to by='time' only: trajectories are independent runs."
+        )
+    size = data.sizes[by]
+    usable = size - gap * (k - 1)
+    if usable < k:
+        raise ValueError(
+            f"`data` has {size} {by} entries; splitting them into {k} parts "
+            f"{'with ' + str(gap) + ' gap times between them ' if gap else ''}needs at least "
+            f"{k + gap * (k - 1)}."
+        )
+    counts = split_counts(usable, shares)
+    labels: list[str] = []
+    for name, count in zip(SPLIT_NAMES, counts, strict=False):
+        if count == 0:
+            continue
+        if labels and gap:
+            labels += [GAP_LABEL] * gap
+        labels += [name] * count
+    if "split" in data.coords:
+        data = data.drop_vars("split")
+    attrs: dict[str, Any] = {"long_name": "dataset split"}
+    if by == "time":
+        attrs["gap"] = gap  # read by the training scripts (a gap shorter than a window)
+    return data.assign_coords(split=(by, _object_labels(labels), attrs))
 
 
 # ---------------------------------------------------------------------------- LevelStatistics
@@ -367,8 +595,8 @@ class WindowDataset(torch.utils.data.Dataset):
         data: anything :func:`open_store` reads (path, ``xr.Dataset``, ``xr.DataArray``).
         window: steps per window (``2k + 1`` for a Markov-blanket score net), ``>= 1``.
         stride: steps between window starts, ``>= 1``.
-        split: ``'train'`` / ``'val'`` / ``'test'``: only trajectories with that ``split``
-            coordinate.
+        split: ``'train'`` / ``'val'`` / ``'test'``: only the trajectories, or the block of
+            times, with that ``split`` label (see :func:`add_split`).
         variable, levels: passed to :func:`open_store`.
         dtype: tensor dtype (default ``torch.float32``).
     """
@@ -490,6 +718,132 @@ def to_xarray(
         attrs=copy.deepcopy(template.attrs),
         name=template.name if name is None else name,
     )
+
+
+# ----------------------------------------------------------------------------------- to_store
+_DEFAULT_DIMS = {
+    2: ("time", "x"),
+    4: ("time", "level", "y", "x"),
+    5: ("trajectory", "time", "level", "y", "x"),
+}
+
+
+def _as_data_array(
+    data: xr.DataArray | xr.Dataset | np.ndarray | Tensor,
+    dims: Sequence[str] | None,
+    name: str | None,
+    attrs: Mapping[str, Any] | None,
+    coords: Mapping[str, Any] | None,
+) -> xr.DataArray:
+    if isinstance(data, xr.Dataset):
+        data = _find_variable(data, None)
+    if isinstance(data, xr.DataArray):
+        array = data if dims is None else data.rename(dict(zip(data.dims, dims, strict=True)))
+    else:
+        values = _to_numpy(data)
+        if dims is None:
+            if values.ndim not in _DEFAULT_DIMS:
+                raise ValueError(
+                    f"`data` of shape {tuple(values.shape)} needs `dims`: expected names for its "
+                    f"{values.ndim} axes among {CANONICAL_DIMS}, e.g. ('trajectory', 'time', "
+                    "'x') or ('time', 'level', 'x') or ('time', 'y', 'x')."
+                )
+            dims = _DEFAULT_DIMS[values.ndim]
+        if len(dims) != values.ndim:
+            raise ValueError(
+                f"`dims`={tuple(dims)} names {len(dims)} axes; `data` has shape "
+                f"{tuple(values.shape)} ({values.ndim} axes)."
+            )
+        array = xr.DataArray(values, dims=tuple(dims))
+    if coords:
+        array = array.assign_coords(dict(coords))
+    if attrs:
+        array = array.assign_attrs(dict(attrs))
+    return array.rename(name or array.name or "state")
+
+
+def _label_split(array: xr.DataArray, split: Any, gap: int) -> xr.DataArray:
+    """Apply ``to_store``'s ``split`` argument (see there)."""
+    if split is None:
+        return array
+    if isinstance(split, str):
+        dim = "trajectory" if "trajectory" in array.dims else "time"
+        labels = [split] * array.sizes[dim]
+    else:
+        items = list(split)
+        if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+            return add_split(array, items, gap)
+        labels = [str(v) for v in items]
+        dim = next((d for d in ("trajectory", "time") if array.sizes.get(d) == len(labels)), None)
+        if dim is None or not all(isinstance(v, str) for v in items):
+            sizes = {d: array.sizes[d] for d in ("trajectory", "time") if d in array.dims}
+            raise ValueError(
+                f"`split` must be a label, one label per trajectory or per time {sizes}, or "
+                f"fractions such as (0.8, 0.1, 0.1); got {split!r}."
+            )
+    if "split" in array.coords:
+        array = array.drop_vars("split")
+    return array.assign_coords(split=(dim, _object_labels(labels), {"long_name": "dataset split"}))
+
+
+def to_store(
+    data: xr.DataArray | xr.Dataset | np.ndarray | Tensor,
+    path: str | os.PathLike,
+    split: str | Sequence[str] | Sequence[float] | None = None,
+    *,
+    dims: Sequence[str] | None = None,
+    name: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    gap: int = 0,
+    overwrite: bool = False,
+) -> str:
+    """Write a state array as a store :func:`open_store` reads back unchanged.
+
+    The array is first made canonical with :func:`open_store` (dims renamed and ordered, a
+    size-1 ``level`` added when there is none, levels in hPa), then written as one variable:
+    zarr (``path`` ending in ``.zarr``; format 2, consolidated, one trajectory by up to 32
+    times per chunk) or netCDF (otherwise). ``split`` labels are stored as variable-length
+    strings (zarr warns about fixed-width ones).
+
+    Args:
+        data: an ``xr.DataArray`` (or an ``xr.Dataset``: its variable as :func:`open_store`
+            finds it), or an array / tensor with ``dims`` (default for 2, 4, 5
+            axes: ``(time, x)``, ``(time, level, y, x)``, ``(trajectory, time, level, y, x)``).
+        path: output path (``*.zarr`` or netCDF).
+        split: ``None`` (keep ``data``'s ``split`` coordinate, if any), one label for all
+            (``"train"``), one label per trajectory or per time, or fractions
+            ``(train, val, test)`` given to :func:`add_split` with ``gap``.
+        dims, name, attrs, coords: for arrays: axis names, variable name (default
+            ``data.name`` or ``"state"``), attributes (e.g. ``units``), coordinates (e.g.
+            ``{"level": ("level", [850.0, 500.0], {"units": "hPa"})}``).
+        gap: times between splits when ``split`` holds fractions.
+        overwrite: replace an existing ``path`` (otherwise ``ValueError``).
+
+    Returns:
+        ``path`` as a string.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"`path` {path!r} exists; pass overwrite=True to replace it.")
+    array = open_store(_as_data_array(data, dims, name, attrs, coords))
+    array = _label_split(array, split, gap)
+    if "split" in array.coords:
+        array = array.assign_coords(
+            split=(_split_dim(array), _object_labels(list(_split_labels(array))),
+                   array.coords["split"].attrs)
+        )  # fmt: skip
+    dataset = array.to_dataset(name=str(array.name))
+    for variable in dataset.variables.values():
+        variable.encoding = {}  # a netCDF source's encodings do not fit zarr, and vice versa
+    if path.rstrip("/").endswith(".zarr"):
+        chunks = {"trajectory": 1, "time": min(array.sizes["time"], 32)}
+        key = str(array.name)  # chunk the data only: coordinates stay in memory, in one piece
+        dataset[key] = dataset[key].variable.chunk({d: chunks.get(d, -1) for d in array.dims})
+        dataset.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+    else:
+        dataset.to_netcdf(path, mode="w")
+    return path
 
 
 # ------------------------------------------------------------------- Hugging Face datasets I/O
