@@ -30,7 +30,7 @@ import xarray as xr
 import yaml
 from torch import Tensor, nn
 
-from .data.datasets import open_store, select_split
+from .data.datasets import add_split, open_store, select_split
 from .models.state_autoencoder import StateAutoencoder
 from .observations import Observation
 
@@ -49,7 +49,12 @@ __all__ = [
     "save_checkpoint",
     "optimise",
     "load_training_data",
+    "open_training_store",
+    "check_split_gap",
+    "reconstruction_rmse",
+    "encoder_calibration",
     "machine_description",
+    "run_main",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -61,8 +66,33 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", default=None, help="YAML file of option values (keys = option names)")
     add("--data", default=None, help="zarr / netCDF store, or a `datasets` folder (save_to_disk)")
-    add("--variable", default=None, help="temperature variable of the store (default: guessed)")
-    add("--split", default="train", help="trajectories of this `split` (None: all)")
+    add(
+        "--variable",
+        default=None,
+        help="variable of the store (default: temperature, or the only one)",
+    )
+    add(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=None,
+        help="subset of the store's levels (hPa or Pa)",
+    )
+    add("--split", default="train", help="the part of the data to train on (None: all of it)")
+    add(
+        "--split_by",
+        default="auto",
+        choices=["auto", "trajectory", "time"],
+        help="auto: the store's `split` coordinate, else trajectories (3 or more), else time",
+    )
+    add("--split_fractions", type=float, nargs="+", default=[0.8, 0.1, 0.1], help="train val test")
+    add(
+        "--split_gap",
+        type=int,
+        default=8,
+        help="times left out between splits by time (at least the score net's --window)",
+    )
+    add("--eval_split", default="val", help="split of the stage-1 evaluation (None: no evaluation)")
     add("--output_dir", default=None, help="where checkpoints, logs and the result go")
     add("--seed", type=int, default=0)
     add("--train_batch_size", type=int, default=16, help="per process")
@@ -122,19 +152,45 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME")
-    if args.split in ("None", "none", ""):
-        args.split = None
+    for name in ("split", "eval_split"):
+        if getattr(args, name) in ("None", "none", ""):
+            setattr(args, name, None)
+    if args.split_gap < 0:
+        raise ValueError(f"--split_gap must be >= 0 (times between splits), got {args.split_gap}")
+    fractions = args.split_fractions
+    if not 1 <= len(fractions) <= 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(
+            f"--split_fractions: expected 1 to 3 non-negative fractions (train val test), "
+            f"got {fractions}"
+        )
     return args
 
 
-def load_training_data(args: argparse.Namespace, split: str | None = None) -> xr.DataArray:
-    """The states of ``--data`` (``(trajectory?, time, level, *space)`` in K), one split.
+def _split_settings(args: argparse.Namespace) -> tuple[str, list[float], int]:
+    return (
+        getattr(args, "split_by", "auto"),
+        list(getattr(args, "split_fractions", [0.8, 0.1, 0.1])),
+        int(getattr(args, "split_gap", 8)),
+    )
 
-    A folder written by ``datasets.Dataset.save_to_disk`` (from
+
+def open_training_store(
+    args: argparse.Namespace, levels: Sequence[float] | None = None
+) -> xr.DataArray:
+    """``--data`` as a canonical, lazy array (``(trajectory?, time, level, *space)``): its
+    ``--levels`` (or ``levels``, e.g. those a stage-1 autoencoder was trained on) and a
+    ``split`` coordinate as ``--split_by`` says.
+
+    ``--split_by auto`` keeps the store's own ``split`` coordinate; without one it splits
+    trajectories (3 or more) or else time (``--split_fractions``, ``--split_gap`` times between
+    splits): one continuous run trains as it is. ``trajectory`` / ``time`` replace the store's
+    coordinate. A folder written by ``datasets.Dataset.save_to_disk`` (from
     :func:`~slams_diffusers.data.datasets.to_hf_dataset`) is read with ``datasets``; anything
-    else with :func:`~slams_diffusers.data.datasets.open_store` (lazily).
+    else with :func:`~slams_diffusers.data.datasets.open_store`.
     """
     path = Path(args.data)
+    if not path.exists():
+        raise ValueError(f"--data: no such file or folder {str(path)!r}")
     if path.is_dir() and (path / "dataset_info.json").is_file():
         import datasets
 
@@ -146,7 +202,65 @@ def load_training_data(args: argparse.Namespace, split: str | None = None) -> xr
         data = open_store(data)
     else:
         data = open_store(args.data, args.variable)
-    return select_split(data, split)
+    chosen = levels if levels is not None else getattr(args, "levels", None)
+    if chosen:
+        try:
+            data = open_store(data, levels=chosen)
+        except ValueError as error:
+            raise ValueError(f"--levels {list(chosen)}: {error}") from error
+    split_by, fractions, gap = _split_settings(args)
+    automatic = split_by == "auto"
+    if automatic:
+        if "split" in data.coords:
+            return data
+        split_by = "trajectory" if data.sizes.get("trajectory", 0) >= 3 else "time"
+    try:
+        return add_split(data, fractions, gap if split_by == "time" else 0, by=split_by)
+    except ValueError as error:
+        if automatic:  # too short to split: fine with --split None, else select_split says so
+            return data
+        raise ValueError(
+            f"--split_by {split_by} --split_fractions {fractions} --split_gap {gap}: {error}"
+        ) from error
+
+
+def load_training_data(
+    args: argparse.Namespace,
+    split: str | None = None,
+    levels: Sequence[float] | None = None,
+    window: int | None = None,
+) -> xr.DataArray:
+    """The states of ``--data`` (``(trajectory?, time, level, *space)``), one split: see
+    :func:`open_training_store`; with ``window``, :func:`check_split_gap` first."""
+    store = open_training_store(args, levels)
+    if window is not None:
+        check_split_gap(store, window)
+    try:
+        return select_split(store, split)
+    except ValueError as error:
+        raise ValueError(f"--split {split}: {error}") from error
+
+
+def check_split_gap(store: xr.DataArray, window: int) -> None:
+    """``ValueError`` when ``store`` was split by time (:func:`open_training_store`) with fewer
+    gap times than a training window: its windows would nearly touch those of the next split."""
+    split = store.coords.get("split")
+    gap = None if split is None or "time" not in split.dims else split.attrs.get("gap")
+    if gap is not None and int(gap) < window:
+        raise ValueError(
+            f"--split_gap {gap} is shorter than --window {window}: the training windows would "
+            f"touch the validation ones; pass --split_gap {window} (or more) to both stages"
+        )
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a training script's ``main``: a ``ValueError`` (bad options or data, raised before
+    any work) is printed as one ``error: ...`` line and exits with status 2, no traceback."""
+    try:
+        main()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def machine_description() -> str:
@@ -310,6 +424,51 @@ def denoising_loss(score_model: nn.Module, scheduler: Any, clean: Tensor, genera
     noisy = scheduler.add_noise(clean, noise, t.to(clean.dtype))
     prediction = score_model(noisy, t, return_dict=False)[0]
     return (prediction.float() - noise.float()).pow(2).mean()
+
+
+# ------------------------------------------------------------------------- evaluation
+def reconstruction_rmse(autoencoder: nn.Module, states: Tensor, batch: int = 64) -> list[float]:
+    r"""Per-level RMSE [K] of the autoencoder's reconstruction of ``states`` ``(N, levels,
+    *space)``:
+
+    .. math:: \mathrm{RMSE}_l = \sqrt{\operatorname{mean}_{n,\,\text{space}}
+              \big(D(E(x_n))_l - x_{n,l}\big)^2},
+
+    the floor of the latent route's accuracy (docs/method.md). Accumulated in float64.
+    """
+    squared = torch.zeros(states.shape[1], dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, len(states), batch):
+            x = states[i : i + batch, None]
+            error = autoencoder(x, return_dict=False)[0] - x
+            squared += error.double().pow(2).sum(dim=(0, 1, *range(3, x.ndim))).cpu()
+    count = len(states) * math.prod(states.shape[2:])
+    return (squared / count).sqrt().tolist()
+
+
+def encoder_calibration(
+    encoder: nn.Module, latents: Tensor, observations: Sequence[Sequence[Observation]]
+) -> dict[str, float]:
+    r"""Calibration of each modality encoder: the mean squared z-score of its latent error,
+
+    .. math:: \overline{z^2}_m = \operatorname{mean}\big((E(x) - \mu_m(y))^2 / e^{\ell_m(y)}\big),
+
+    over latent cells and cases (``observations[b]`` observe the state of latent ``latents[b]``
+    ``(c, *latent)``). 1 when the encoder's variances match its errors; above 1 it is
+    over-confident, below 1 under-confident. Modalities never observed are left out.
+    """
+    totals: dict[str, list[float]] = {}
+    names = list(_unwrap(encoder).config.modalities)
+    with torch.no_grad():
+        for batch in encoder_batches(observations, latents, names):
+            mean, logvar = _unwrap(encoder).encode_modality(
+                batch.modality, batch.values, batch.mask, tuple(batch.targets.shape[2:])
+            )
+            z2 = (batch.targets.double() - mean.double()).pow(2) * torch.exp(-logvar.double())
+            entry = totals.setdefault(batch.modality, [0.0, 0.0])
+            entry[0] += float(z2.sum())
+            entry[1] += z2.numel()
+    return {name: total / count for name, (total, count) in sorted(totals.items())}
 
 
 # ------------------------------------------------------------------------- checkpoints

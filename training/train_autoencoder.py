@@ -10,6 +10,17 @@ so the latent has unit variance. Phase ``encoder`` (``--encoder_steps``): each m
 (``random_observations``: station sets and counts, noise, footprints, coarsening, clouds, dropped
 modalities), to that state's latent, with a Gaussian NLL so each latent cell learns its variance.
 
+Then, on the ``--eval_split`` part of the data (default ``val``), it reports the autoencoder's
+per-level reconstruction RMSE [K] (the floor of the latent route's accuracy) and each encoder's
+calibration (mean squared z-score of its latent error, 1 when its variances are honest) to the
+output, the trackers (tensorboard) and ``autoencoder_training.json`` (which ``train_score.py`` puts
+in the model card).
+
+Any store :func:`~slams_diffusers.data.datasets.open_store` reads trains: one continuous run is
+split by time (``--split_by``, ``--split_fractions``, ``--split_gap``), ``--levels`` takes a subset
+of its levels, the level pressures are recorded in the autoencoder's config (``levels_hpa``), and
+satellite channel peaks outside the data's levels are refused before any work.
+
 Writes ``OUTPUT_DIR/autoencoder`` and ``OUTPUT_DIR/observation_encoder`` (safetensors), the input
 of ``training/train_score.py --autoencoder OUTPUT_DIR``.
 """
@@ -25,20 +36,21 @@ import numpy as np
 import torch
 
 from slams_diffusers import ObservationEncoder, StateAutoencoder
-from slams_diffusers.data.datasets import LevelStatistics
+from slams_diffusers.data.datasets import LevelStatistics, level_pressures
 from slams_diffusers.data.observing import (
     MODALITIES,
     TRAINING_NOISE_STD,
     log_uniform_rms,
     random_observations,
 )
-from slams_diffusers.observations import gaussian_weighting_functions
+from slams_diffusers.observations import gaussian_weighting_functions, pressures_hpa
 from slams_diffusers.training import (
     MetricsLog,
     ObservationEncoderLoss,
     add_training_arguments,
     batch_indices,
     encoder_batches,
+    encoder_calibration,
     final_weights,
     latent_scaling_factor,
     load_training_data,
@@ -48,7 +60,9 @@ from slams_diffusers.training import (
     optimise,
     parse_args,
     reconstruction_loss,
+    reconstruction_rmse,
     restore_progress,
+    run_main,
     run_record,
     seeded_generator,
 )
@@ -88,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--satellite_width", type=float, default=0.5)
     add("--keep_probability", type=float, default=0.75, help="of each modality per state")
     add("--scaling_states", type=int, default=256, help="states used to set scaling_factor")
+    add("--eval_states", type=int, default=64, help="states of --eval_split evaluated (at most)")
     add(
         "--in_memory",
         action=argparse.BooleanOptionalAction,
@@ -97,7 +112,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def modality_specs(args, stats: LevelStatistics, pressures: np.ndarray) -> dict:
+def check_observation_settings(args, pressures: list[float] | None, data) -> None:
+    """Refuse, before any work, observation settings the data cannot support: a satellite
+    without pressure levels, channel peaks outside the data's levels, a grid the autoencoder
+    cannot downsample."""
+    space = {str(d): data.sizes[d] for d in data.dims if d in ("y", "x")}
+    if any(n % args.downsample_factor for n in space.values()):
+        raise ValueError(
+            f"--downsample_factor {args.downsample_factor}: the grid {space} is not divisible "
+            "by it; expected a factor of every grid size (1, 2, 4 or 8)"
+        )
+    if "satellite" not in args.modalities:
+        return
+    if pressures is None:
+        found = (
+            f"level coordinate {data.coords['level'].values.tolist()} with attributes "
+            f"{data.coords['level'].attrs}"
+            if "level" in data.coords
+            else "no level coordinate"
+        )
+        raise ValueError(
+            f"--modalities includes satellite, but the data's levels are not pressure levels "
+            f"({found}); a satellite channel is a weighted sum over pressure levels: pass "
+            "--modalities stations gridded (or give the level coordinate units hPa or Pa)"
+        )
+    peaks = pressures_hpa(args.satellite_peaks, "--satellite_peaks")
+    top, bottom = min(pressures), max(pressures)
+    outside = [p for p in peaks if not top * (1 - 1e-6) <= p <= bottom * (1 + 1e-6)]
+    if outside:
+        inside = " ".join(f"{p:g}" for p in sorted(set(pressures), reverse=True))
+        raise ValueError(
+            f"--satellite_peaks {peaks} hPa: {outside} lie outside the data's levels "
+            f"({top:g} to {bottom:g} hPa); a channel peaking there would be trained on a "
+            f"truncated weighting function. Expected peaks within that range, e.g. "
+            f"--satellite_peaks {inside}, or --modalities without satellite"
+        )
+
+
+def modality_specs(args, stats: LevelStatistics, pressures: list[float] | None) -> dict:
     """Encoder inputs: levels for stations / gridded fields, the instrument's channels for the
     satellite, normalised with the level statistics (columns: weighted means and stds); the noise
     std each encoder's variance is calibrated for (the rms of its training noise range)."""
@@ -123,33 +175,32 @@ def modality_specs(args, stats: LevelStatistics, pressures: np.ndarray) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     started = time.perf_counter()
+    data = load_training_data(args, args.split)
+    pressures = level_pressures(data)
+    check_observation_settings(args, pressures, data)  # before any work
     accelerator = make_accelerator(args, find_unused_parameters=True)
     torch.manual_seed(args.seed)
 
-    data = load_training_data(args, args.split)
     if args.in_memory:
         data = data.load()
     stats = LevelStatistics.compute(data)
-    if "trajectory" in data.dims:
-        data = data.stack(sample=("trajectory", "time")).transpose("sample", ...)
-    else:
-        data = data.rename(time="sample")
-    pressures = np.asarray(data["level"].values, dtype=np.float64)
+    data = as_samples(data)
     spatial_dims = data.ndim - 2
     num_states = data.sizes["sample"]
 
-    def states(indices: torch.Tensor) -> torch.Tensor:
-        values = np.asarray(data.isel(sample=indices.numpy()).values, dtype=np.float32)
+    def states(indices: torch.Tensor, source=data) -> torch.Tensor:
+        values = np.array(source.isel(sample=indices.numpy()).values, dtype=np.float32)
         return torch.from_numpy(values).to(accelerator.device)
 
     autoencoder = StateAutoencoder(
-        levels=len(pressures),
+        levels=data.sizes["level"],
         latent_channels=args.latent_channels,
         spatial_dims=spatial_dims,
         downsample_factor=args.downsample_factor,
         hidden_channels=args.hidden_channels,
         layers_per_block=args.layers_per_block,
         periodic=args.periodic,
+        levels_hpa=pressures,
         **stats.as_config(),
     )
     encoder = ObservationEncoder(
@@ -207,25 +258,26 @@ def main(argv: list[str] | None = None) -> None:
     frozen.requires_grad_(False).eval()
     periodic = (args.periodic_y, args.periodic)[-spatial_dims:]  # stations and clouds: (y, x)
 
+    def observe(truth: torch.Tensor, generator: torch.Generator) -> list:
+        return random_observations(
+            truth.cpu(),
+            generator,
+            model_pressures=pressures,
+            modalities=args.modalities,
+            keep_probability=args.keep_probability,
+            satellite_peaks=args.satellite_peaks,
+            satellite_width=(args.satellite_width, args.satellite_width),
+            periodic=periodic,
+        )
+
     def encoder_step(micro_step: int) -> torch.Tensor:
         truth = states(indices(micro_step))
         with torch.no_grad():
             latents = frozen.encode(truth[:, None])[:, 0]
-        observations = []
-        for b in range(truth.shape[0]):
-            generator = seeded_generator(args.seed, 2, micro_step, rank, b)
-            observations.append(
-                random_observations(
-                    truth[b].cpu(),
-                    generator,
-                    model_pressures=pressures,
-                    modalities=args.modalities,
-                    keep_probability=args.keep_probability,
-                    satellite_peaks=args.satellite_peaks,
-                    satellite_width=(args.satellite_width, args.satellite_width),
-                    periodic=periodic,
-                )
-            )
+        observations = [
+            observe(truth[b], seeded_generator(args.seed, 2, micro_step, rank, b))
+            for b in range(truth.shape[0])
+        ]
         return encoder_loss(encoder_batches(observations, latents, args.modalities))
 
     stop = args.autoencoder_steps + args.encoder_steps
@@ -248,14 +300,78 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out = Path(args.output_dir)
+        final_encoder = final_weights(encoder_loss, encoder_ema).encoder
         frozen.save_pretrained(out / "autoencoder")
-        final_weights(encoder_loss, encoder_ema).encoder.save_pretrained(
-            out / "observation_encoder"
-        )
+        final_encoder.save_pretrained(out / "observation_encoder")
         record = run_record(args, time.perf_counter() - started, accelerator)
+        evaluation = evaluate(args, frozen, final_encoder, pressures, observe, accelerator.device)
+        if evaluation is not None:
+            record["evaluation"] = evaluation
+            accelerator.log(evaluation_metrics(evaluation), step=stop)  # trackers
+            accelerator.print(describe_evaluation(evaluation))
         (out / "autoencoder_training.json").write_text(json.dumps(record, indent=2, default=str))
     accelerator.end_training()
 
 
+def as_samples(data):
+    """``(trajectory?, time, level, *space)`` -> ``(sample, level, *space)``."""
+    if "trajectory" in data.dims:
+        return data.stack(sample=("trajectory", "time")).transpose("sample", ...)
+    return data.rename(time="sample")
+
+
+def evaluate(args, autoencoder, encoder, pressures, observe, device) -> dict | None:
+    """Reconstruction RMSE per level [K] and encoder calibration (mean z² per modality) on up to
+    ``--eval_states`` evenly spaced states of ``--eval_split``; ``None`` (with a note) when the
+    data has no such split."""
+    if args.eval_split is None or args.eval_states < 1:
+        return None
+    try:
+        data = as_samples(load_training_data(args, args.eval_split))
+    except ValueError as error:
+        print(f"no stage-1 evaluation: {error}", flush=True)
+        return None
+    count = min(args.eval_states, data.sizes["sample"])
+    chosen = np.unique(np.linspace(0, data.sizes["sample"] - 1, count).round().astype(int))
+    states = torch.from_numpy(np.array(data.isel(sample=chosen).values, dtype=np.float32))
+    states = states.to(device)
+    rmse = reconstruction_rmse(autoencoder, states)
+    units = data.attrs.get("units")
+    with torch.no_grad():
+        latents = autoencoder.encode(states[:, None])[:, 0]
+    observations = [
+        observe(states[b], seeded_generator(args.seed, 4, b)) for b in range(len(states))
+    ]
+    names = (
+        [f"{p:g} hPa" for p in pressures]
+        if pressures is not None
+        else [f"level {i}" for i in range(len(rmse))]
+    )
+    return {
+        "split": args.eval_split,
+        "states": len(states),
+        "units": str(units) if units else None,
+        "reconstruction_rmse": dict(zip(names, rmse, strict=True)),
+        "encoder_mean_z2": encoder_calibration(encoder, latents, observations),
+    }
+
+
+def evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    """The evaluation as flat logged values."""
+    values = {f"eval/rmse/{k}": v for k, v in evaluation["reconstruction_rmse"].items()}
+    values.update({f"eval/mean_z2/{k}": v for k, v in evaluation["encoder_mean_z2"].items()})
+    return values
+
+
+def describe_evaluation(evaluation: dict) -> str:
+    rmse = ", ".join(f"{k} {v:.3g}" for k, v in evaluation["reconstruction_rmse"].items())
+    z2 = ", ".join(f"{k} {v:.3g}" for k, v in evaluation["encoder_mean_z2"].items())
+    return (
+        f"stage-1 evaluation on {evaluation['states']} {evaluation['split']!r} states: "
+        f"autoencoder reconstruction RMSE [{evaluation['units'] or 'data units'}] {rmse}; "
+        f"encoder calibration, mean z^2 (1 = calibrated) {z2 or 'no observation'}"
+    )
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

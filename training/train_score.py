@@ -10,6 +10,10 @@ a ``LevelNormalizer`` with the training data's per-level statistics). Windows of
 the whole ``SLAMSPipeline`` is saved to ``OUTPUT_DIR/pipeline`` (EMA weights, level statistics in
 the autoencoder's config, a model card as README.md, its inputs in model_card.json), then uploaded
 with ``--push_to_hub``.
+
+The data are read as in stage 1 (same ``--split_by``, ``--split_fractions``, ``--split_gap``; the
+levels the autoencoder records, or ``--levels``); a time split needs ``--split_gap`` of at least
+``--window``. Stage 1's evaluation (``autoencoder_training.json``) goes into the model card.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from slams_diffusers import (
     StateAutoencoder,
     VPPredictorCorrectorScheduler,
 )
-from slams_diffusers.data.datasets import LevelStatistics
+from slams_diffusers.data.datasets import LevelStatistics, level_pressures
 from slams_diffusers.hub import pipeline_card, push_folder_to_hub
 from slams_diffusers.training import (
     MetricsLog,
@@ -45,6 +49,7 @@ from slams_diffusers.training import (
     optimise,
     parse_args,
     restore_progress,
+    run_main,
     run_record,
     seeded_generator,
 )
@@ -74,12 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pixel_space(data) -> LevelNormalizer:
     """The pixel-space "autoencoder": ``(x - mean_l) / std_l`` with the per-level statistics of
-    ``data`` (``(trajectory?, time, level, *space)``)."""
+    ``data`` (``(trajectory?, time, level, *space)``), and its levels' pressures."""
     stats = LevelStatistics.compute(data)
     spatial_dims = data.ndim - (3 if "trajectory" in data.dims else 2)
     return LevelNormalizer(
-        levels=data.sizes["level"], spatial_dims=spatial_dims, **stats.as_config()
+        levels=data.sizes["level"],
+        spatial_dims=spatial_dims,
+        levels_hpa=level_pressures(data),
+        **stats.as_config(),
     )
+
+
+def card_evaluation(stage1: dict) -> dict[str, float] | None:
+    """Stage 1's evaluation (``autoencoder_training.json``) as model-card rows."""
+    evaluation = stage1.get("evaluation")
+    if not evaluation:
+        return None
+    where = f"{evaluation['split']}, {evaluation['states']} states"
+    units = evaluation.get("units") or "data units"
+    rows = {
+        f"autoencoder reconstruction RMSE, {level} [{units}] ({where})": value
+        for level, value in evaluation["reconstruction_rmse"].items()
+    }
+    rows.update(
+        {
+            f"{name} encoder calibration, mean z² (1 = calibrated; {where})": value
+            for name, value in evaluation["encoder_mean_z2"].items()
+        }
+    )
+    return rows
 
 
 def cache_trajectories(data, autoencoder, batch: int, device) -> torch.Tensor:
@@ -107,23 +135,37 @@ def cache_trajectories(data, autoencoder, batch: int, device) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     started = time.perf_counter()
-    accelerator = make_accelerator(args)
-    torch.manual_seed(args.seed)
-
-    data = load_training_data(args, args.split)
-    encoder = None
+    encoder, levels = None, args.levels
     if args.autoencoder is not None:
         folder = Path(args.autoencoder)
+        if not (folder / "autoencoder").is_dir():
+            raise ValueError(
+                f"--autoencoder {str(folder)!r} has no autoencoder/ folder; expected the "
+                "--output_dir of training/train_autoencoder.py"
+            )
         autoencoder = StateAutoencoder.from_pretrained(folder / "autoencoder")
         if (folder / "observation_encoder").is_dir():
             encoder = ObservationEncoder.from_pretrained(folder / "observation_encoder")
-    else:
+        if levels is None:  # the levels stage 1 was trained on
+            levels = autoencoder.config.levels_hpa
+    data = load_training_data(args, args.split, levels=levels, window=args.window)
+    if data.sizes["time"] < args.window:
+        raise ValueError(
+            f"--window {args.window} is longer than the trajectories of --split {args.split} "
+            f"({data.sizes['time']} steps)"
+        )
+    if args.autoencoder is None:
         autoencoder = pixel_space(data)
+    elif autoencoder.config.levels != data.sizes["level"]:
+        raise ValueError(
+            f"--autoencoder was trained on {autoencoder.config.levels} levels; --data has "
+            f"{data.sizes['level']}: pass the same --data and --levels as stage 1"
+        )
+    accelerator = make_accelerator(args)
+    torch.manual_seed(args.seed)
     autoencoder.requires_grad_(False).eval().to(accelerator.device)
     cache = cache_trajectories(data, autoencoder, args.encode_batch_size, accelerator.device)
     num_trajectories, steps = cache.shape[:2]
-    if args.window > steps:
-        raise ValueError(f"--window {args.window} is longer than the trajectories ({steps} steps)")
     per_trajectory = steps - args.window + 1
     offsets = torch.arange(args.window, device=cache.device)
 
@@ -186,8 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         training = {"score": run_record(args, time.perf_counter() - started, accelerator)}
         stage1 = Path(args.autoencoder or "") / "autoencoder_training.json"
+        evaluation = None
         if args.autoencoder is not None and stage1.is_file():
-            training = {"autoencoder": json.loads(stage1.read_text()), **training}
+            record = json.loads(stage1.read_text())
+            training = {"autoencoder": record, **training}
+            evaluation = card_evaluation(record)
         pipeline.save_pretrained(out)
         pipeline_card(
             out,
@@ -195,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             base_description=args.description or describe(pipeline, cache, args),
             datasets=[args.dataset_name] if args.dataset_name else [],
             training=training,
+            evaluation=evaluation,
         )
         accelerator.print(f"saved the pipeline to {out}")
         if args.push_to_hub:
@@ -217,13 +263,15 @@ def describe(pipeline: SLAMSPipeline, cache: torch.Tensor, args: argparse.Namesp
     pixel = isinstance(pipeline.autoencoder, LevelNormalizer)
     space = "pixel (SDA baseline)" if pixel else "latent"
     shape = "x".join(str(s) for s in cache.shape[2:])
+    levels = pipeline.autoencoder.config.get("levels_hpa")
+    where = f" on {'/'.join(f'{p:g}' for p in levels)} hPa" if levels else ""
     counts = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in sizes.items())
     return (
         f"SLAMS pipeline: score-based data assimilation in {space} space ({shape} per step), "
-        f"Markov-blanket window of {args.window} steps. Parameters: {counts}. "
+        f"Markov-blanket window of {args.window} steps{where}. Parameters: {counts}. "
         f"Trained on {cache.shape[0]} trajectories of {cache.shape[1]} steps."
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
