@@ -56,21 +56,28 @@ def likelihood_score(
     (∂ẑ/∂z_t is symmetric, so a VJP applies it).
     """
     covariance = canonical_covariance(covariance)
+    masks = [term.mask for term in terms]
+    posterior_scale = sigma**2 / alpha
+
+    def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
+        return tuple(term.observe(latent) for term in terms)
+
     if covariance == "diagonal":
         inflation = gamma * (sigma / alpha) ** 2
-        log_p = 0.0
+        log_p, residuals = 0.0, []
         for term in terms:
             residual = term.mask * (term.target - term.observe(z_hat))
+            residuals.append(residual.detach())
             log_p = log_p - 0.5 * torch.sum(residual * term.noise_solve(residual, inflation))
-        return torch.autograd.grad(log_p, z_t)[0]
+        score = torch.autograd.grad(log_p, z_t)[0]
+        bound = _kalman_bound(
+            observe_all, z_hat.detach(), posterior_scale * score, residuals, masks
+        )
+        return score * bound
 
     x = z_hat.detach().requires_grad_(True)
     with torch.enable_grad():
         predictions = [term.observe(x) for term in terms]
-    masks = [term.mask for term in terms]
-
-    def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
-        return tuple(term.observe(latent) for term in terms)
 
     def pull_back(vectors: list[Tensor]) -> Tensor:
         """``Σ_m J_h_m^T v_m`` at ẑ."""
@@ -78,8 +85,6 @@ def likelihood_score(
 
     def denoiser_vjp(vector: Tensor, retain: bool) -> Tensor:
         return torch.autograd.grad(z_hat, z_t, vector, retain_graph=retain)[0]
-
-    posterior_scale = sigma**2 / alpha
 
     def matvec(vectors: list[Tensor]) -> list[Tensor]:
         """``(Σ + J_h Cov[z | z_t] J_h^T) v`` on the observed entries."""
