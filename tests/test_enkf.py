@@ -9,6 +9,7 @@ import torch
 
 from slams_diffusers.baselines import (
     cycle_ensemble,
+    forecast_ensemble,
     gaspari_cohn,
     letkf,
     observation_positions,
@@ -18,7 +19,7 @@ from slams_diffusers.baselines import (
 )
 from slams_diffusers.baselines.localization import grid_distance
 from slams_diffusers.covariance import SpectralCovariance
-from slams_diffusers.data.qg import QGConfig, simulate_dataset
+from slams_diffusers.data.qg import QGConfig, QGModel, simulate_dataset
 from slams_diffusers.data.testbed import assimilation_cases
 from slams_diffusers.observations import Background, Gridded, Satellite, Stations
 from slams_diffusers.testing import GaussianPosterior
@@ -421,7 +422,10 @@ def test_qg_ensemble_bad_input(qg_case):
     late = dataclasses.replace(case.observations[0], time_index=7)
     with pytest.raises(ValueError, match="time_index"):
         qg_ensemble_filter(dataset, case, observations=[late])
+    model = QGModel(CONFIG)
     with pytest.raises(ValueError, match="ensemble"):
-        from slams_diffusers.data.qg import QGModel
-
-        cycle_ensemble(QGModel(CONFIG), torch.zeros(4, 5, 32, 32), [], 1, INTERVAL)
+        cycle_ensemble(model, torch.zeros(4, 5, 32, 32), [], 1, INTERVAL)
+    with pytest.raises(ValueError, match="perturbation_std"):
+        forecast_ensemble(model, case.initial_pv, 4, -1.0)
+    with pytest.raises(ValueError, match="initial_pv"):
+        forecast_ensemble(model, case.initial_pv[1:], 4, 1.0)

@@ -18,6 +18,7 @@ analysis at step ``t`` uses the observations up to ``t`` only (a filter, not a s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,10 @@ def forecast_ensemble(
         )
     if not bool(torch.isfinite(initial_pv).all()):
         raise ValueError("initial_pv: contains NaN or inf")
+    if not (math.isfinite(float(perturbation_std)) and float(perturbation_std) >= 0):
+        raise ValueError(
+            f"perturbation_std: expected a finite number >= 0 (K), got {perturbation_std}"
+        )
     centre = initial_pv.to(device=model.device, dtype=model.dtype)
     delta = model.perturb(centre.expand(members, *model.shape), float(perturbation_std), generator)
     delta = delta - centre
