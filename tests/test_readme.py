@@ -1,0 +1,74 @@
+"""Every example of the README runs as written: its Python blocks in order, then its ``slams``
+commands (the demo, then assimilate and evaluate on the files the Python example wrote), in a
+fresh folder that sees the repository's ``pipelines/``. The training commands run, with tiny sizes,
+in ``tests/test_own_data.py``; ``slams simulate qg`` of the full default dataset (minutes) in the
+reference section is the one command left out."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from slams_diffusers.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def slams_commands() -> list[list[str]]:
+    """The arguments of the ``slams ...`` lines of the bash blocks (continuations joined, leading
+    environment assignments and comments dropped), ``slams simulate`` left out."""
+    lines = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words and "=" in words[0]:
+                words = words[1:]
+            if words[:1] == ["slams"] and words[1:2] != ["simulate"]:
+                lines.append(words[1:])
+    return lines
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("readme")
+    (path / "pipelines").symlink_to(REPO / "pipelines")
+    return path
+
+
+def test_the_readme_has_examples():
+    assert len(blocks("python")) >= 3
+    assert [argv[0] for argv in slams_commands()] == ["demo", "assimilate", "evaluate"]
+
+
+def test_python_examples_run_as_written(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    for block in blocks("python"):
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    dataset = namespace["out"].dataset
+    assert set(dataset.data_vars) >= {"mean", "std", "members"}
+    for name in ("truth.nc", "background.nc", "stations.csv", "satellite.nc"):
+        assert (folder / name).stat().st_size > 0
+
+
+def test_commands_run_as_written(folder, monkeypatch, capsys):
+    """The demo, then ``slams assimilate`` and ``slams evaluate`` on the files the README's Python
+    example wrote."""
+    monkeypatch.chdir(folder)
+    if not (folder / "stations.csv").exists():
+        pytest.fail("the Python examples must run first (they write the files)")
+    for argv in slams_commands():
+        assert main(argv) == 0, argv
+    assert (folder / "demo" / "analysis.nc").stat().st_size > 0
+    assert (folder / "demo" / "demo.png").stat().st_size > 0
+    with xr.open_dataset(folder / "analysis.nc") as analysis:
+        assert analysis["mean"].dims == ("time", "level", "y", "x")
+    assert (folder / "analysis.png").stat().st_size > 0
+    assert "spread/skill" in capsys.readouterr().out
