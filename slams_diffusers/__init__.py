@@ -70,16 +70,27 @@ __all__ = [
 
 
 def _register_with_diffusers() -> None:
-    """Make ``diffusers.DiffusionPipeline.from_pretrained(folder)`` load a saved ``SLAMSPipeline``.
+    """Make ``diffusers.DiffusionPipeline.from_pretrained(folder or Hub id)`` load a saved
+    ``SLAMSPipeline``.
 
-    diffusers looks the ``_class_name`` of ``model_index.json`` up in its own namespace; binding
-    the class there (once ``slams_diffusers`` is imported) is all it needs. No code from the model
-    folder runs: the components' classes come from this package.
+    diffusers looks the ``_class_name`` of ``model_index.json`` up in its own namespace, so the
+    class is bound there. Before downloading a Hub snapshot it also checks that every component's
+    library (here a module such as ``slams_diffusers.models.score_net``) is a loadable library or
+    a file of the repository; the modules of this package's components are registered as
+    loadable libraries with diffusers' own save/load methods. No code from the model folder runs:
+    the components' classes come from this package.
     """
     import diffusers
+    from diffusers import ConfigMixin
+    from diffusers.pipelines import pipeline_loading_utils
 
     if getattr(diffusers, "SLAMSPipeline", None) is None:
         diffusers.SLAMSPipeline = SLAMSPipeline
+    methods = pipeline_loading_utils.LOADABLE_CLASSES["diffusers"]
+    for name in __all__:
+        component = globals()[name]
+        if isinstance(component, type) and issubclass(component, ConfigMixin):
+            pipeline_loading_utils.LOADABLE_CLASSES.setdefault(component.__module__, methods)
 
 
 _register_with_diffusers()

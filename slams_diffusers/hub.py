@@ -53,10 +53,13 @@ _TEMPLATE = """---
 ## How to load
 
 ```python
-from slams_diffusers import SLAMSPipeline
+import slams_diffusers  # noqa: F401  (makes SLAMSPipeline known to diffusers)
+from diffusers import DiffusionPipeline
 
-pipe = SLAMSPipeline.from_pretrained("{{ load_path }}")
+pipe = DiffusionPipeline.from_pretrained("{{ load_path }}")  # a SLAMSPipeline
 ```
+
+`slams_diffusers.SLAMSPipeline.from_pretrained` loads it too. No code from the model folder is run.
 {% if training_block %}
 ## Training configuration
 

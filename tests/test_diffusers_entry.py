@@ -81,3 +81,38 @@ def test_the_model_card_snippet_runs_as_written(name, monkeypatch):
     namespace: dict = {}
     exec(compile(snippet, f"{name}/README.md", "exec"), namespace)
     assert type(namespace["pipe"]) is SLAMSPipeline
+
+
+def test_diffusion_pipeline_loads_a_hub_id(tmp_path, monkeypatch):
+    """A Hub repo id through diffusers' own download step (model listing, config, snapshot),
+    served here from a local copy of the embedded pipeline instead of the network: the components'
+    libraries are this package's modules, not files of the repository, and must pass its checks."""
+    from types import SimpleNamespace
+
+    from diffusers.pipelines import pipeline_utils
+
+    repo = tmp_path / "hub" / "org--slams"
+    shutil.copytree(EMBEDDED_PIPELINE, repo)
+    files = [p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()]
+    calls = []
+
+    def model_info(repo_id, **kwargs):
+        calls.append(("model_info", repo_id))
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files])
+
+    def hf_hub_download(repo_id, filename, **kwargs):
+        calls.append(("hf_hub_download", repo_id))
+        return str(repo / filename)
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append(("snapshot_download", repo_id))
+        return str(repo)
+
+    monkeypatch.setattr(pipeline_utils, "_resolve_revision", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_utils, "model_info", model_info)
+    monkeypatch.setattr(pipeline_utils, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(pipeline_utils, "snapshot_download", snapshot_download)
+    pipe = DiffusionPipeline.from_pretrained("org/slams")
+    assert isinstance(pipe, SLAMSPipeline)
+    assert ("model_info", "org/slams") in calls
+    assert torch.equal(analysis(pipe), analysis(SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)))

@@ -29,7 +29,7 @@ def test_model_card_contents(card):
     assert card.data.license == "apache-2.0"
     assert card.data.datasets == ["slams/qg-2layer"]
     text = str(card)
-    assert f'SLAMSPipeline.from_pretrained("{REPO}")' in text
+    assert f'DiffusionPipeline.from_pretrained("{REPO}")' in text
     assert "| Metric | Value |" in text
     for cell in ("| rmse | 0.1234 |", "| crps | 0.0567 |", "| spread_skill | 0.98 |"):
         assert cell in text
@@ -137,7 +137,7 @@ def test_pipeline_save_pretrained_writes_the_model_card(tmp_path):
     pipe.save_pretrained(tmp_path, model_card=card)
     assert (tmp_path / "model_index.json").exists()
     loaded = ModelCard.load(tmp_path / "README.md")
-    assert 'SLAMSPipeline.from_pretrained("org/slams-tiny")' in loaded.text
+    assert 'DiffusionPipeline.from_pretrained("org/slams-tiny")' in loaded.text
     assert "data-assimilation" in loaded.data.tags
 
 
@@ -166,7 +166,7 @@ def test_pipeline_card_writes_readme_and_inputs(tmp_path):
         "training": {"steps": 1000, "lr": 3e-4, "hidden_channels": [8, 16], "seed": None},
     }
     text = str(card)
-    assert f'SLAMSPipeline.from_pretrained("{REPO}")' in text
+    assert f'DiffusionPipeline.from_pretrained("{REPO}")' in text
     assert "steps: 1000" in text and "lr: 0.0003" in text
     assert "## Evaluation results" not in text
     assert card.data.datasets == ["slams/qg-2layer"]
