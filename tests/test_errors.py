@@ -417,3 +417,25 @@ def test_a_corrupted_weights_file_is_named(copy):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="header is unreadable"):
         SLAMSPipeline.from_pretrained(copy)
+
+
+@pytest.mark.parametrize("with_background", [False, True])
+def test_inputs_off_the_training_grid_are_refused(with_background):
+    """The embedded pipeline records the grid it was trained on (64 × 64): observations alone, or a
+    background, on a 32 × 32 grid are refused before any compute."""
+    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+    assert tuple(pipe.autoencoder.config.grid_shape) == (64, 64)
+    stations = Stations(
+        values=torch.ones(1, 1),
+        positions=torch.tensor([[3.0, 4.0]]),
+        levels=[0],
+        num_levels=5,
+        grid_shape=(32, 32),
+        noise_std=0.5,
+    )
+    kwargs = {"observations": [stations]}
+    if with_background:
+        kwargs["background"] = torch.from_numpy(state()[..., :32, :32].copy())
+    source = "`background`" if with_background else "the observations"
+    with pytest.raises(ValueError, match=rf"grid of {source}, \(32, 32\), is not the grid"):
+        pipe(num_members=1, num_inference_steps=1, **kwargs)

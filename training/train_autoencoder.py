@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         layers_per_block=args.layers_per_block,
         periodic=args.periodic,
         levels_hpa=pressures,
+        grid_shape=data.shape[2:],
         **stats.as_config(),
     )
     encoder = ObservationEncoder(

@@ -86,6 +86,7 @@ def pixel_space(data) -> LevelNormalizer:
         levels=data.sizes["level"],
         spatial_dims=spatial_dims,
         levels_hpa=level_pressures(data),
+        grid_shape=data.shape[data.ndim - spatial_dims :],
         **stats.as_config(),
     )
 

@@ -10,7 +10,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .layers import channel_values, validate_spatial_dims
 
-__all__ = ["LevelNormalizer", "recorded_levels"]
+__all__ = ["LevelNormalizer", "recorded_grid_shape", "recorded_levels"]
 
 
 def recorded_levels(levels_hpa: Sequence[float] | None, levels: int) -> list[float] | None:
@@ -36,6 +36,19 @@ def recorded_levels(levels_hpa: Sequence[float] | None, levels: int) -> list[flo
     return values
 
 
+def recorded_grid_shape(grid_shape: Sequence[int] | None, spatial_dims: int) -> list[int] | None:
+    """``grid_shape`` as a config value: ``None``, or ``spatial_dims`` positive sizes (the grid
+    the model was trained on, which the pipeline holds its inputs to)."""
+    if grid_shape is None:
+        return None
+    sizes = [int(v) for v in grid_shape]
+    if len(sizes) != spatial_dims or not all(v > 0 for v in sizes):
+        raise ValueError(
+            f"`grid_shape` must be {spatial_dims} positive sizes, got {list(grid_shape)}."
+        )
+    return sizes
+
+
 class LevelNormalizer(ModelMixin, ConfigMixin):
     """Pixel space as an autoencoder component: ``encode(x) = (x - μ_l) / s_l`` per level,
     ``decode(z) = μ_l + s_l z``; the diffusion runs on level-normalised states (SDA, Rozet &
@@ -49,6 +62,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         level_mean, level_std: per-level statistics [K]; ``None`` -> 0 / 1.
         levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
             ``None`` when unknown or not pressure levels.
+        grid_shape: the grid of the training data, which inputs must match; ``None``: any.
     """
 
     @register_to_config
@@ -59,6 +73,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         level_mean: Sequence[float] | None = None,
         level_std: Sequence[float] | None = None,
         levels_hpa: Sequence[float] | None = None,
+        grid_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -72,6 +87,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
             level_mean=None if level_mean is None else mean,
             level_std=None if level_std is None else std,
             levels_hpa=recorded_levels(levels_hpa, levels),
+            grid_shape=recorded_grid_shape(grid_shape, spatial_dims),
         )
         # persistent: a model without any state would be saved without a weights file
         self.register_buffer("norm_mean", torch.tensor(mean))

@@ -23,7 +23,7 @@ from .layers import (
     group_norm,
     validate_spatial_dims,
 )
-from .level_normalizer import recorded_levels
+from .level_normalizer import recorded_grid_shape, recorded_levels
 
 __all__ = ["StateAutoencoder", "StateAutoencoderOutput"]
 
@@ -60,6 +60,7 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         scaling_factor: multiplies the latent (set it so the latent has unit variance).
         levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
             ``None`` when unknown or not pressure levels.
+        grid_shape: the grid of the training data, which inputs must match; ``None``: any.
     """
 
     @register_to_config
@@ -76,6 +77,7 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
         level_std: Sequence[float] | None = None,
         scaling_factor: float = 1.0,
         levels_hpa: Sequence[float] | None = None,
+        grid_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -107,6 +109,7 @@ class StateAutoencoder(ModelMixin, ConfigMixin):
             level_mean=None if level_mean is None else mean,
             level_std=None if level_std is None else std,
             levels_hpa=recorded_levels(levels_hpa, levels),
+            grid_shape=recorded_grid_shape(grid_shape, spatial_dims),
         )
         self.register_buffer("norm_mean", torch.tensor(mean), persistent=False)
         self.register_buffer("norm_std", torch.tensor(std), persistent=False)

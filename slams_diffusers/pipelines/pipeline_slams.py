@@ -424,6 +424,13 @@ class SLAMSPipeline(DiffusionPipeline):
             raise ValueError(
                 f"the state must have {self.spatial_dims} spatial dims, got shape {space}"
             )
+        trained = self.autoencoder.config.get("grid_shape")
+        if trained is not None and space != tuple(trained):
+            source = "`background`" if background is not None else "the observations"
+            raise ValueError(
+                f"the grid of {source}, {space}, is not the grid the model was trained on, "
+                f"{tuple(trained)}; expected inputs on the training grid (regrid them first)"
+            )
         if time < self.window:
             raise ValueError(
                 f"the assimilation window has {time} time steps but the score model's "
