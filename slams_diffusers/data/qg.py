@@ -846,7 +846,7 @@ def simulate_dataset(
             np.arange(trajectories, dtype=np.int32),
             {"long_name": "trajectory (independent model run)"},
         ),
-        "split": ("trajectory", split.astype(str), {"long_name": "dataset split"}),
+        "split": ("trajectory", split.astype(str).astype(object), {"long_name": "dataset split"}),
         "time": (
             "time",
             np.arange(steps) * interval * config.dt / DAY,
