@@ -65,11 +65,11 @@ class ResidualPosterior:
         self.covariance = covariance
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """One draw ``(T, levels, *space)`` (independent steps), like ``mean``."""
-        noise = self.covariance.sample(
-            self.mean.shape[0], generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + noise
+        """One draw ``(T, levels, *space)`` (independent steps), like ``mean``; the white noise is
+        drawn on the generator's device (a CPU generator works for a GPU mean)."""
+        device = self.mean.device if generator is None else generator.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=device)
+        return self.mean + self.covariance.apply_sqrt(noise.to(self.mean.device)).to(self.mean)
 
 
 def residual_posterior(residual: Tensor, unresolved: SpectralCovariance) -> ResidualPosterior:
