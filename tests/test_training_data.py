@@ -53,7 +53,7 @@ def test_zarr_and_datasets_folder_give_the_same_split(simulated, stores, split, 
         assert data.shape == (len(trajectories), 4, 5, 16, 16)
         assert data.dtype == np.float32
         assert list(data["trajectory"].values) == trajectories
-        assert set(data["split"].values.astype(str)) == {split}
+        assert {str(v) for v in data["split"].values} == {split}
         np.testing.assert_array_equal(data.values, expected.values)
         np.testing.assert_array_equal(data["level"].values, [850.0, 700.0, 500.0, 300.0, 200.0])
     np.testing.assert_array_equal(from_zarr.values, from_folder.values)
