@@ -188,6 +188,21 @@ def _columns(
     return ensemble.reshape(n, -1, math.prod(grid)), grid
 
 
+def _prepare(
+    ensemble: Any, observations: Any, inflation: Any, localization_radius: Any, periodic: Any
+) -> tuple[Tensor, list[Observation], float, float | None, Tensor, tuple[int, ...] | None]:
+    """Checked inputs of both filters, and the ensemble's grid columns in float64
+    (:func:`_columns`)."""
+    ensemble = _check_ensemble(ensemble)
+    observations = _check_observations(observations)
+    rho = _check_inflation(inflation)
+    radius = _check_radius(localization_radius)
+    if observations:
+        _periodic_axes(periodic, observations[0].spatial_dims)
+    states, grid = _columns(ensemble, observations, radius)
+    return ensemble, observations, rho, radius, states.to(torch.float64), grid
+
+
 def _weights(
     grid: tuple[int, ...] | None,
     positions: Tensor | None,
@@ -231,14 +246,9 @@ def stochastic_enkf(
         The analysis members, the shape and dtype of ``ensemble``. The increments are computed in
         float64; the stacked observations need a dense ``p × p`` solve (a few thousand values).
     """
-    ensemble = _check_ensemble(ensemble)
-    observations = _check_observations(observations)
-    rho = _check_inflation(inflation)
-    radius = _check_radius(localization_radius)
-    if observations:
-        _periodic_axes(periodic, observations[0].spatial_dims)
-    states, grid = _columns(ensemble, observations, radius)
-    x = states.to(torch.float64)
+    ensemble, observations, rho, radius, x, grid = _prepare(
+        ensemble, observations, inflation, localization_radius, periodic
+    )
     n = x.shape[0]
     mean = x.mean(dim=0, keepdim=True)
     x = mean + math.sqrt(rho) * (x - mean)
@@ -311,14 +321,9 @@ def letkf(
     Returns:
         The analysis members, the shape and dtype of ``ensemble`` (computed in float64).
     """
-    ensemble = _check_ensemble(ensemble)
-    observations = _check_observations(observations)
-    rho = _check_inflation(inflation)
-    radius = _check_radius(localization_radius)
-    if observations:
-        _periodic_axes(periodic, observations[0].spatial_dims)
-    states, grid = _columns(ensemble, observations, radius)
-    x = states.to(torch.float64)
+    ensemble, observations, rho, radius, x, grid = _prepare(
+        ensemble, observations, inflation, localization_radius, periodic
+    )
     n = x.shape[0]
     mean = x.mean(dim=0)  # (L, G)
     perturbations = x - mean
