@@ -156,7 +156,7 @@ def main() -> None:
 
     if "tradeoff" in args.parts:
         rows, records = [], []
-        for members_count in (8, 16, 32):
+        for drawscount in (8, 16, 32):
             for steps in (16, 32, 64):
                 errors, spreads, seconds = [], [], []
                 for index, case in enumerate(cases):
@@ -165,7 +165,7 @@ def main() -> None:
                         case.background,
                         case.observations,
                         covariance,
-                        members_count,
+                        drawscount,
                         steps,
                         index,
                     )
@@ -173,7 +173,7 @@ def main() -> None:
                     spreads.append(float(ensemble_spread(members)))
                     seconds.append(dt)
                 record = {
-                    "members": members_count,
+                    "members": drawscount,
                     "steps": steps,
                     "analysis_rmse": sum(errors) / len(errors),
                     "spread_over_error": sum(s / e for s, e in zip(spreads, errors, strict=True))
@@ -271,25 +271,32 @@ def _latent_scores(members: Tensor, truth: Tensor) -> dict:
 
 def calibration(pipe, cases, covariance, members: int = 16, steps: int = 32) -> list[dict]:
     """Spread and error of the latent posterior given the background alone (module docstring)."""
-    records = []
-    for index, case in enumerate(cases):
-        with torch.no_grad():
-            truth = pipe.encode(case.truth[None])[0]
-            background_error = float((pipe.encode(case.background[None])[0] - truth).pow(2).mean())
+
+    def posterior(pipeline: SLAMSPipeline, index: int, **background) -> Tensor:
+        """Latent members (the diffusion space of ``pipeline``) given a background alone."""
         generators = [torch.Generator().manual_seed(index * 1000 + m) for m in range(members)]
-        out = pipe(
-            background=case.background,
-            background_error_covariance=covariance,
+        out = pipeline(
+            **background,
             num_members=members,
             num_inference_steps=steps,
             generator=generators,
             output_type="latent",
         )
+        return out.members
+
+    records = []
+    for index, case in enumerate(cases):
+        with torch.no_grad():
+            truth = pipe.encode(case.truth[None])[0]
+            background_error = float((pipe.encode(case.background[None])[0] - truth).pow(2).mean())
+        draws = posterior(
+            pipe, index, background=case.background, background_error_covariance=covariance
+        )
         records.append(
             {
                 "truth": f"test window {index}",
                 "background_error": background_error**0.5,
-                **_latent_scores(out.members, truth),
+                **_latent_scores(draws, truth),
             }
         )
     latent = SLAMSPipeline(
@@ -313,20 +320,12 @@ def calibration(pipe, cases, covariance, members: int = 16, steps: int = 32) -> 
         std = records[index]["background_error"]
         noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(700 + index))
         background = truth + std * noise
-        generators = [torch.Generator().manual_seed(index * 1000 + m) for m in range(members)]
-        out = latent(
-            background=background,
-            background_error_std=std,
-            num_members=members,
-            num_inference_steps=steps,
-            generator=generators,
-            output_type="pt",
-        )
+        draws = posterior(latent, index, background=background, background_error_std=std)
         records.append(
             {
                 "truth": f"prior draw {index}",
                 "background_error": float((background - truth).pow(2).mean().sqrt()),
-                **_latent_scores(out.members, truth),
+                **_latent_scores(draws, truth),
             }
         )
     return records
