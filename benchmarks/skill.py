@@ -37,8 +37,8 @@ mean ± standard error over windows; rank histograms summed over windows.
     OMP_NUM_THREADS=1 python benchmarks/skill.py           # full: hours; meant for a GPU machine
 
 ``--quick``: 2 windows; SLAMS and SDA with 8 members × 16 steps (+ 1 correction each); SDA on the
-default case and the sweeps' end points (r = 2, 16; 25 %, 0.4 %; 2 σ_c: the noise sweep's mildest
-point is the coarsening sweep's r = 4); the stochastic EnKF on the default case and the ablation
+default case, the harshest point of each sweep (r = 16, 2 σ_c, 0.4 %) and the mildest one (r = 2;
+25 % observed behaves alike); the stochastic EnKF on the default case and the ablation
 only (LETKF, the better filter here, everywhere: the EnKF's dense p × p solve costs about a minute a
 window at r = 2); one SLAMS variant, the diagonal covariance (the decoded route costs ~40× more on
 a CPU). Full mode: 12 windows, 32 members × 32 steps, every method on every case, all variants.
@@ -51,8 +51,11 @@ case, every metric, machine, command, wall time), ``results/<name>.md`` (tables)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +140,7 @@ class Settings:
     steps: int
     filter_members: int
     variants: tuple[str, ...]
-    sda: str  # "all", "extremes" (default case + the sweeps' end points) or "none"
+    sda: str  # "all", "extremes" (default case, each sweep's harshest point, r = 2) or "none"
     enkf: str  # "all" or "station-satellite" (default case and ablation only)
     seed: int
     filter_seed: int
@@ -329,6 +332,32 @@ class Bench:
     tuning: dict[str, dict[str, float]]
 
 
+def load_snapshot(path: str, folder: str) -> tuple[SLAMSPipeline, dict]:
+    """The pipeline at ``path``, loaded from a private copy in ``folder``, and what identifies its
+    weights (sha256 prefix per weight file, the training steps recorded in its model card).
+
+    A loaded pipeline's parameters stay memory-mapped to its safetensors files: a training run
+    that saves into ``path`` while this benchmark runs would change the weights mid-run."""
+    source = Path(path)
+    copy = Path(folder) / f"{len(list(Path(folder).iterdir()))}-{source.name}"
+    shutil.copytree(source, copy)
+    info: dict[str, Any] = {
+        str(f.relative_to(copy)): hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        for f in sorted(copy.rglob("*.safetensors"))
+    }
+    card = copy / "model_card.json"
+    if card.exists():
+        training = json.loads(card.read_text()).get("training", {})
+        info["max_train_steps"] = {
+            stage: part.get("options", {}).get("max_train_steps")
+            for stage, part in training.items()
+            if isinstance(part, dict)
+        }
+    pipe = SLAMSPipeline.from_pretrained(copy)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, info
+
+
 def load_tuning() -> tuple[dict[str, dict[str, float]], str]:
     """Localisation radius and inflation of each filter from ``results/enkf_tuning.json``."""
     path = RESULTS / "enkf_tuning.json"
@@ -376,19 +405,16 @@ def build_cases(test_cases: list, settings: Settings, climatological_std: Tensor
     for label, names in ABLATION.items():
         if names != ("stations", "satellite"):
             cases[label] = Case(label, modalities(names))
-    interior = set()  # an end point of one sweep that is inside another is not an extreme
-    for sweep in SWEEPS.values():
+    for name, sweep in SWEEPS.items():
         points = sweep["points"]
         for point in points:
             config = sweep["config"](point)
             case = cases.setdefault(config.name, Case(config.name, gridded(config), gridded=True))
-            if point in (points[0], points[-1]):
+            # "extremes": the harshest point of every sweep, the mildest of the coarsening sweep
+            if point == points[-1] or (name == "coarsening" and point == points[0]):
                 case.sda = True
-            else:
-                interior.add(config.name)
     for case in cases.values():
-        extreme = case.sda and case.name not in interior
-        case.sda = settings.sda == "all" or (settings.sda == "extremes" and extreme)
+        case.sda = settings.sda == "all" or (settings.sda == "extremes" and case.sda)
     return cases
 
 
@@ -479,7 +505,7 @@ def main() -> None:
     parser.add_argument(
         "--sda",
         choices=("all", "extremes", "none"),
-        help="cases for pixel-space SDA (default all; quick: default + sweep extremes)",
+        help="cases for pixel-space SDA (default all; quick: default, harshest points, r = 2)",
     )
     parser.add_argument(
         "--enkf",
@@ -543,12 +569,14 @@ def main() -> None:
     tuning, tuning_source = load_tuning()
     cases = build_cases(test_cases, settings, climatological_std)
 
-    slams = SLAMSPipeline.from_pretrained(args.pipeline)
-    slams.set_progress_bar_config(disable=True)
+    snapshots = tempfile.TemporaryDirectory()
+    slams, weights = load_snapshot(args.pipeline, snapshots.name)
     sda = None
     if any(c.sda for c in cases.values()):
-        sda = SLAMSPipeline.from_pretrained(args.sda_pipeline)
-        sda.set_progress_bar_config(disable=True)
+        sda, sda_weights = load_snapshot(args.sda_pipeline, snapshots.name)
+        weights = {"slams": weights, "sda": sda_weights}
+    else:
+        weights = {"slams": weights}
     bench = Bench(
         settings=settings,
         covariance=covariance,
@@ -593,6 +621,7 @@ def main() -> None:
             "data": str(args.data),
             "pipeline": str(args.pipeline),
             "sda_pipeline": str(args.sda_pipeline),
+            "pipeline_weights": weights,
             "window_steps": WINDOW,
             "test_windows": [{"trajectory": c.trajectory, "start": c.start} for c in test_cases],
             "enkf_tuning": tuning,
@@ -749,7 +778,7 @@ def report(records: list[dict], payload: dict) -> str:
             else ""
         )
         + (
-            "; SDA on the default case and the sweeps' end points only"
+            "; SDA on the default case, each sweep's harshest point and r = 2 only"
             if settings["sda"] == "extremes"
             else ""
         )
@@ -768,6 +797,12 @@ def report(records: list[dict], payload: dict) -> str:
         + "; ".join(
             f"{m} c = {v['localization_radius']:g} cells, ρ = {v['inflation']:g}"
             for m, v in settings["enkf_tuning"].items()
+        )
+        + ". Weights: "
+        + "; ".join(
+            f"{name} {info.get('max_train_steps', {})} sha256 "
+            + ", ".join(f"{k}: {v}" for k, v in info.items() if k.endswith(".safetensors"))
+            for name, info in settings["pipeline_weights"].items()
         )
         + ". Every case includes the background. Sweeps use gridded observations of the truth "
         "(`Gridded.simulate`) at every step; σc = climatological std per level ("
