@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.observing import _per_axis
 from ..observations import Background, Gridded, Observation, Satellite, Stations
 
 __all__ = ["gaspari_cohn", "grid_distance", "grid_positions", "observation_positions"]
@@ -69,21 +70,8 @@ def gaspari_cohn(distance: Tensor, radius: float) -> Tensor:
 
 
 def _periodic_axes(periodic: Any, spatial_dims: int) -> tuple[bool, ...]:
-    if isinstance(periodic, bool):
-        return (periodic,) * spatial_dims
-    try:
-        axes = tuple(bool(p) for p in periodic)
-    except TypeError as e:
-        raise ValueError(
-            f"periodic: expected a bool or {spatial_dims} bools (one per spatial axis), "
-            f"got {periodic!r}"
-        ) from e
-    if len(axes) != spatial_dims:
-        raise ValueError(
-            f"periodic: expected a bool or {spatial_dims} bools (one per spatial axis), "
-            f"got {periodic!r}"
-        )
-    return axes
+    """``periodic`` as one bool per axis (a bool wraps every axis)."""
+    return _per_axis(periodic, spatial_dims, "periodic")
 
 
 def grid_distance(
