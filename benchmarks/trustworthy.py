@@ -35,8 +35,7 @@ from torch import Tensor
 from slams_diffusers import Gridded, LevelNormalizer, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.covariance import estimate_background_covariance
-from slams_diffusers.data.observing import satellite_channels, station_network
-from slams_diffusers.data.testbed import DEFAULT_SATELLITE_PEAKS, assimilation_cases
+from slams_diffusers.data.testbed import assimilation_cases, default_observations
 from slams_diffusers.metrics import ensemble_spread, rmse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,37 +45,15 @@ REFERENCE_STEPS = 512
 
 def harder_observations(truth, pressures, generator):
     """16 clustered stations, 30 % missing; the satellite under 60 % clouds."""
-    first = station_network(
-        truth[0], 16, layout="clustered", periodic=(True, True), generator=generator
+    return default_observations(
+        truth,
+        pressures,
+        generator,
+        stations=16,
+        layout="clustered",
+        missing_fraction=0.3,
+        cloud_fraction=0.6,
     )
-    out = []
-    for t in range(truth.shape[0]):
-        out.append(
-            station_network(
-                truth[t],
-                None,
-                positions=first.positions,
-                noise_std=0.5,
-                missing_fraction=0.3,
-                periodic=(True, True),
-                time_index=t,
-                generator=generator,
-            )
-        )
-        out.append(
-            satellite_channels(
-                truth[t],
-                pressures,
-                DEFAULT_SATELLITE_PEAKS,
-                4,
-                1.0,
-                cloud_fraction=0.6,
-                periodic=True,
-                time_index=t,
-                generator=generator,
-            )
-        )
-    return out
 
 
 def assimilate(pipe, background, observations, covariance, members, steps, seed):

@@ -58,6 +58,7 @@ def default_observations(
     generator: torch.Generator,
     *,
     stations: int = 64,
+    layout: str = "uniform",
     station_noise: float = 0.5,
     missing_fraction: float = 0.1,
     satellite_peaks: Sequence[float] = DEFAULT_SATELLITE_PEAKS,
@@ -69,8 +70,9 @@ def default_observations(
     """The testbed's default multimodal observing system, at every step of ``truth``
     ``(T, levels, *space)``:
 
-    - ``stations``: ``stations`` radiosondes at fixed uniform random positions (the same at every
-      step), all levels, ``station_noise`` K, ``missing_fraction`` of values missing;
+    - ``stations``: ``stations`` radiosondes at fixed random positions (``layout`` ``"uniform"`` or
+      ``"clustered"``, the same at every step), all levels, ``station_noise`` K,
+      ``missing_fraction`` of values missing;
     - ``satellite``: channels peaking at ``satellite_peaks`` hPa (width 0.5 in log-pressure),
       ``footprint``-cell footprints, ``satellite_noise`` K, ``cloud_fraction`` cloud cover
       (new clouds every step, correlation length 8 cells).
@@ -79,7 +81,7 @@ def default_observations(
     """
     spatial_dims = truth.ndim - 2
     wrap = (periodic,) * spatial_dims
-    first = station_network(truth[0], stations, periodic=wrap, generator=generator)
+    first = station_network(truth[0], stations, layout=layout, periodic=wrap, generator=generator)
     out: list[Observation] = []
     for t in range(truth.shape[0]):
         out.append(
