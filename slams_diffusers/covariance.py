@@ -120,6 +120,17 @@ def _errors_tensor(errors: Any, name: str, spatial_dims: int | None) -> tuple[Te
     return e.reshape(-1, *e.shape[e.ndim - spatial_dims - 1 :]).double(), spatial_dims
 
 
+def _centred(e: Tensor, remove_mean: bool, name: str) -> tuple[Tensor, int]:
+    """Samples ``e`` (on axis 0) and their degrees of freedom: ``N``, or, with ``remove_mean``, the
+    sample mean per cell subtracted and ``N − 1``."""
+    n = e.shape[0]
+    if not remove_mean:
+        return e, n
+    if n < 2:
+        raise ValueError(f"{name}: remove_mean needs at least 2 samples, got {n}")
+    return e - e.mean(dim=0, keepdim=True), n - 1
+
+
 def _negative_wavenumbers(x: Tensor, sd: int, first: int = 0) -> Tensor:
     """``x`` at ``-k`` along dims ``first … first+sd-1`` (index ``n -> (-n) mod N``)."""
     dims = tuple(range(first, first + sd))
@@ -443,17 +454,11 @@ class SpectralCovariance(BackgroundCovariance):
         leading dim.
         """
         e, sd = _errors_tensor(errors, "errors", spatial_dims)
-        n = e.shape[0]
-        dof = n
-        if remove_mean:
-            if n < 2:
-                raise ValueError(f"errors: remove_mean needs at least 2 samples, got {n}")
-            e = e - e.mean(dim=0, keepdim=True)
-            dof = n - 1
+        e, dof = _centred(e, remove_mean, "errors")
         levels, grid = e.shape[1], tuple(e.shape[2:])
         cov = cls(levels=levels, grid_shape=grid, isotropic=isotropic)
         spectral = torch.fft.fftn(e, dim=tuple(range(-sd, 0)), norm="ortho")
-        spectral = spectral.movedim(1, -1).reshape(n, -1, levels)  # (N, K, levels)
+        spectral = spectral.movedim(1, -1).reshape(e.shape[0], -1, levels)  # (N, K, levels)
         outer = torch.einsum("nkl,nkm->klm", spectral.real, spectral.real)
         outer = outer + torch.einsum("nkl,nkm->klm", spectral.imag, spectral.imag)
         outer = outer / dof
@@ -548,13 +553,7 @@ def _from_errors(
             errors, isotropic=isotropic, remove_mean=remove_mean, spatial_dims=spatial_dims
         )
     e, sd = _errors_tensor(errors, name, spatial_dims)
-    n = e.shape[0]
-    dof = n
-    if remove_mean:
-        if n < 2:
-            raise ValueError(f"{name}: remove_mean needs at least 2 samples, got {n}")
-        e = e - e.mean(dim=0, keepdim=True)
-        dof = n - 1
+    e, dof = _centred(e, remove_mean, name)
     levels = e.shape[1]
     cells = math.prod(e.shape[2:])
     variance = e.square().transpose(0, 1).reshape(levels, -1).sum(-1) / (dof * cells)
