@@ -18,18 +18,36 @@ drawn from it. It keeps ``ρ_b`` where the background is accurate at fine scales
 the incremental analysis ``x_b + D(z_a) − D(E(x_b))``), drops it where it is mostly error
 (``B_⊥ ≫ R``: the full analysis ``D(z_a)``), and gives the ensemble the spread of what the latent
 cannot carry.
+
+The observations also see ``ρ``: ``y = A(D(z_a) + ρ) + ε``. Given a member's ``z_a``, the draw is
+conditioned on them too (a linear-Gaussian update, drawn exactly with perturbed observations):
+
+    ρ_a = ρ_s + P Aᵀ (A P Aᵀ + R_y)⁻¹ (y + ε' − A(D(z_a) + ρ_s)),
+    ρ_s ~ N(ρ_b − B_⊥ S⁻¹ ρ_b, P),  P = B_⊥ − B_⊥ S⁻¹ B_⊥,  ε' ~ N(0, R_y),
+
+which is the OI/3D-Var analysis of ``D(z_a) + ρ_s`` with prior covariance ``P`` and perturbed
+observations (:func:`~slams_diffusers.baselines.oi.optimal_interpolation`). With ``z_a`` drawn
+from the latent posterior, ``(z_a, ρ_a)`` is a draw of the joint posterior; dense, precise
+observations then correct the scales the latent cannot carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .baselines.oi import optimal_interpolation
 from .covariance import BackgroundCovariance, SpectralCovariance
+from .observations import Observation
 
-__all__ = ["ANALYSES", "ResidualPosterior", "residual_posterior", "unresolved_error_covariance"]
+__all__ = [
+    "ANALYSES",
+    "ResidualPosterior",
+    "residual_posterior",
+    "unresolved_error_covariance",
+]
 
 ANALYSES = ("auto", "filtered", "incremental", "full")
 #: Draws ``e ~ N(0, B)`` per background step that estimate ``B_⊥``.
@@ -70,6 +88,30 @@ class ResidualPosterior:
         device = self.mean.device if generator is None else generator.device
         noise = torch.randn(self.mean.shape, generator=generator, device=device)
         return self.mean + self.covariance.apply_sqrt(noise.to(self.mean.device)).to(self.mean)
+
+    def sample_given(
+        self,
+        resolved: Tensor,
+        observations: Sequence[Observation],
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """One draw of ``ρ`` given also ``observations`` of ``resolved + ρ`` (``resolved`` =
+        ``D(z_a)`` ``(T, levels, *space)``): the perturbed-observation update of the module
+        docstring, after :meth:`sample` with the same generator. Without observations (or none
+        observed) it is :meth:`sample`."""
+        draw = self.sample(generator)
+        observations = [o for o in observations if o.num_observed > 0]
+        if not observations:
+            return draw
+        device = self.mean.device if generator is None else generator.device
+        perturbed = []
+        for o in observations:
+            noise = torch.randn(o.values.shape, generator=generator, device=device)
+            noise = noise.to(o.values) * o.noise_variance().sqrt()
+            perturbed.append(o.replace_values(o.values + noise))
+        first_guess = (resolved + draw).double()
+        analysis = optimal_interpolation(first_guess, perturbed, self.covariance)
+        return (analysis - resolved.double()).to(self.mean)
 
 
 def residual_posterior(residual: Tensor, unresolved: SpectralCovariance) -> ResidualPosterior:

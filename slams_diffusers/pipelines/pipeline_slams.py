@@ -640,12 +640,13 @@ class SLAMSPipeline(DiffusionPipeline):
         analysis: str,
         background: Tensor,
         covariance: Any,
+        resolved: Tensor,
+        observations: Sequence[Observation],
         generator: torch.Generator | list[torch.Generator] | None,
-        num_members: int,
     ) -> Tensor:
-        """What ``D(z_a)`` lacks, per member: ``ρ_b = x_b − D(E(x_b))`` (incremental) or a draw of
-        its Wiener-filtered posterior (filtered; docs/method.md §Analysis), drawn with each
-        member's generator after its reverse run."""
+        """What the members ``resolved = D(z_a)`` lack: ``ρ_b = x_b − D(E(x_b))`` (incremental) or
+        a draw of its posterior given ``ρ_b`` and the ``observations`` (filtered; docs/method.md
+        §Analysis), drawn with each member's generator after its reverse run."""
         residual = background - self.decode(self.encode(background[None]))[0]
         if analysis == "incremental":
             return residual[None]
@@ -653,8 +654,13 @@ class SLAMSPipeline(DiffusionPipeline):
             lambda state: self.decode(self.encode(state)), background, covariance
         ).to(background.device)
         posterior = residual_posterior(residual, unresolved)
-        generators = generator if isinstance(generator, list) else [generator] * num_members
-        return torch.stack([posterior.sample(g) for g in generators])
+        generators = generator if isinstance(generator, list) else [generator] * len(resolved)
+        return torch.stack(
+            [
+                posterior.sample_given(member, observations, g)
+                for member, g in zip(resolved, generators, strict=True)
+            ]
+        )
 
     def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
         """How many Langevin corrections follow each predictor step, and their ``τ`` (the
@@ -851,8 +857,9 @@ class SLAMSPipeline(DiffusionPipeline):
             members = self.decode(latents)
             analysis = self._analysis(analysis, background)
             if analysis != "full":
+                observed = [o for o in observations if not isinstance(o, Background)]
                 members = members + self._unresolved_part(
-                    analysis, background.to(device, dtype), covariance, generator, num_members
+                    analysis, background.to(device, dtype), covariance, members, observed, generator
                 )
             self._warn_out_of_range(members)
         output = self._to_output(members, latents, output_type, template)
