@@ -745,7 +745,8 @@ class SLAMSPipeline(DiffusionPipeline):
             analysis: how latents become states (docs/method.md §Analysis): ``"full"``
                 (``D(z_a)``), ``"incremental"`` (``x_b + D(z_a) − D(E(x_b))``), ``"filtered"``
                 (``D(z_a)`` plus a draw of the posterior of the part the autoencoder cannot
-                represent, given the background's: :mod:`slams_diffusers.analysis`), or
+                represent, given the background's and the observations:
+                :mod:`slams_diffusers.analysis`), or
                 ``"auto"``: ``"filtered"`` with a background and a learned autoencoder, else
                 ``"full"``.
             climatology_snr: where the learned ε gives way to the climatology's at high noise
