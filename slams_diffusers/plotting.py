@@ -49,7 +49,9 @@ def plot_analysis_maps(
             products and satellite channels drawn as images on their coarse grids (via
             ``to_grid()``; a satellite row shows the channel whose weighting function peaks at
             that level); only those observing the drawn time step. All temperature panels of a
-            row share one colour scale; the spread has its own.
+            row share one colour scale (stations and gridded products included); the spread has
+            its own, and so has a satellite channel (a brightness temperature is a weighted mean
+            over the column, not the level's temperature), with its colour bar.
         levels: level indices to draw (default: all). ``level_names``: one label per drawn level
             (e.g. ``"850 hPa"``).
         time_index: the step drawn when the inputs have a time axis (default: the last one, the
@@ -241,9 +243,17 @@ def _draw_observations(ax, observed: list[Observation], level: int, extent, norm
     for obs in observed:
         if isinstance(obs, Satellite | Gridded):
             values, mask = (t.detach().cpu().double().numpy() for t in obs.to_grid())
-            channel = int(obs.weights[:, level].argmax()) if isinstance(obs, Satellite) else level
+            if isinstance(obs, Gridded):
+                image = np.where(mask[level] > 0, values[level], np.nan)
+                ax.imshow(image, origin="lower", extent=extent, cmap=TEMPERATURE_CMAP, **norm)
+                continue
+            channel = int(obs.weights[:, level].argmax())
             image = np.where(mask[channel] > 0, values[channel], np.nan)
-            ax.imshow(image, origin="lower", extent=extent, cmap=TEMPERATURE_CMAP, **norm)
+            if np.isnan(image).all():
+                continue
+            own = {"vmin": np.nanmin(image), "vmax": np.nanmax(image)}
+            shown = ax.imshow(image, origin="lower", extent=extent, cmap=TEMPERATURE_CMAP, **own)
+            ax.figure.colorbar(shown, ax=ax, shrink=0.8, label=f"channel {channel} [K]")
     for obs in observed:
         if isinstance(obs, Stations) and level in obs.levels:
             j = obs.levels.index(level)

@@ -52,6 +52,7 @@ def window():
 
 def test_plot_analysis_maps_writes_a_png_with_a_shared_scale_per_level(tmp_path, window):
     truth, background, members, observations = window
+    satellite = observations[1]
     path = tmp_path / "maps.png"
     figure = plot_analysis_maps(
         mean=members.mean(0),
@@ -70,10 +71,15 @@ def test_plot_analysis_maps_writes_a_png_with_a_shared_scale_per_level(tmp_path,
         row = panels[5 * level : 5 * level + 5]
         fields = torch.stack([truth[1, level], background[1, level], members.mean(0)[1, level]])
         expected = (fields.min().item(), fields.max().item())
-        temperature = [row[0].images[0], row[1].images[0], row[3].images[0], *row[2].images]
+        temperature = [row[0].images[0], row[1].images[0], row[3].images[0]]
         temperature += row[2].collections  # the stations' scatter
         for artist in temperature:
             assert artist.get_clim() == pytest.approx(expected, rel=1e-6)
+        # the satellite channel peaking at this level, on its own scale
+        channel = [0, 0, 1][level]  # weights peak at levels 0 / 2; level 1 ties -> channel 0
+        (image,) = row[2].images
+        values = satellite.values[channel]
+        assert image.get_clim() == pytest.approx((values.min(), values.max()), rel=1e-6)
         spread = row[4].images[0].get_array()
         np.testing.assert_allclose(spread, members.std(0)[1, level].numpy(), rtol=1e-6)
     # stations observe levels 0 and 2 only (the NaN one is not drawn); none at level 1
