@@ -98,9 +98,12 @@ class ResidualPosterior:
         """One draw of ``ρ`` given also ``observations`` of ``resolved + ρ`` (``resolved`` =
         ``D(z_a)`` ``(T, levels, *space)``): the perturbed-observation update of the module
         docstring, after :meth:`sample` with the same generator. Without observations (or none
-        observed) it is :meth:`sample`."""
+        observed) it is :meth:`sample`. The perturbations are drawn step by step (``time_index``),
+        the observations of one step in the order given: files read by modality and a list made
+        step by step give the same draw."""
         draw = self.sample(generator)
-        observations = [o for o in observations if o.num_observed > 0]
+        observed = [o for o in observations if o.num_observed > 0]
+        observations = sorted(observed, key=lambda o: o.time_index)  # stable: ties keep order
         if not observations:
             return draw
         device = self.mean.device if generator is None else generator.device

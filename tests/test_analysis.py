@@ -75,3 +75,14 @@ def test_no_observed_value_gives_the_plain_draw():
     given = posterior.sample_given(resolved, missing, torch.Generator().manual_seed(3))
     plain = posterior.sample(torch.Generator().manual_seed(3))
     assert torch.equal(given, plain)
+
+
+def test_the_draw_does_not_depend_on_how_steps_are_listed():
+    """Perturbations are drawn step by step: a list made by modality (files) and one made step
+    by step give the same draw (``slams assimilate`` = the Python API)."""
+    posterior, resolved, observations = _problem()  # stations at step 0, gridded at step 1
+    draws = [
+        posterior.sample_given(resolved, listed, torch.Generator().manual_seed(5))
+        for listed in (observations, observations[::-1])
+    ]
+    assert torch.equal(*draws)
