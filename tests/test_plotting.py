@@ -79,7 +79,8 @@ def test_plot_analysis_maps_writes_a_png_with_a_shared_scale_per_level(tmp_path,
         channel = [0, 0, 1][level]  # weights peak at levels 0 / 2; level 1 ties -> channel 0
         (image,) = row[2].images
         values = satellite.values[channel]
-        assert image.get_clim() == pytest.approx((values.min().item(), values.max().item()), rel=1e-6)
+        limits = (values.min().item(), values.max().item())
+        assert image.get_clim() == pytest.approx(limits, rel=1e-6)
         spread = row[4].images[0].get_array()
         np.testing.assert_allclose(spread, members.std(0)[1, level].numpy(), rtol=1e-6)
     # stations observe levels 0 and 2 only (the NaN one is not drawn); none at level 1
