@@ -627,7 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace existing files")
     demo.add_argument("--no-progress", dest="progress", action="store_false")
     demo.add_argument(
-        "--spinup-steps", type=int, default=4800, help="model steps (100 days) before the window"
+        "--spinup-steps",
+        type=int,
+        default=None,
+        help="model steps before the window (default: 100 days, the testbed's: the states the "
+        "pipeline was trained on)",
     )
     demo.set_defaults(run=_demo)
 

@@ -214,8 +214,8 @@ def test_an_accurate_background_is_never_made_worse(embedded):
     """The testbed's background error × 0.15, B alike (spectral, estimated on other windows of
     the run and scaled by 0.15²): the default analysis of two held-out windows (a QG run the
     model never saw, default observations) has an RMSE no larger than the background's."""
-    dataset = simulate_dataset(
-        trajectories=1, steps=24, seed=20_000, spinup=4800, splits=(0.0, 0.0, 1.0), store_pv="all"
+    dataset = simulate_dataset(  # the testbed's 100 days of spin-up: the training climate
+        trajectories=1, steps=24, seed=20_000, splits=(0.0, 0.0, 1.0), store_pv="all"
     )
     cases = assimilation_cases(dataset, "test", 5, 4, lead_hours=24.0, seed=3)
     scored, reference = cases[:2], cases[2:]
