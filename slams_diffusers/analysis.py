@@ -26,9 +26,9 @@ conditioned on them too (a linear-Gaussian update, drawn exactly with perturbed 
     ρ_s ~ N(ρ_b − B_⊥ S⁻¹ ρ_b, P),  P = B_⊥ − B_⊥ S⁻¹ B_⊥,  ε' ~ N(0, R_y),
 
 which is the OI/3D-Var analysis of ``D(z_a) + ρ_s`` with prior covariance ``P`` and perturbed
-observations (:func:`~slams_diffusers.baselines.oi.optimal_interpolation`). With ``z_a`` drawn
-from the latent posterior, ``(z_a, ρ_a)`` is a draw of the joint posterior; dense, precise
-observations then correct the scales the latent cannot carry.
+observations (:func:`~slams_diffusers.baselines.oi.optimal_interpolation`, linear operators).
+To the extent that ``z_a`` is a draw of ``p(z | x_b, y)``, ``(z_a, ρ_a)`` is a draw of the joint
+posterior; dense, precise observations then correct the scales the latent cannot carry.
 """
 
 from __future__ import annotations
