@@ -36,6 +36,11 @@ mean ± standard error over windows; rank histograms summed over windows.
     OMP_NUM_THREADS=1 python benchmarks/skill.py --quick   # ~12 min on one free CPU core
     OMP_NUM_THREADS=1 python benchmarks/skill.py           # full: hours; meant for a GPU machine
 
+The README's table is ``results/skill_full.md``: ``--windows 6 --members 16 --steps 16 --sda
+extremes --enkf station-satellite --variants "SLAMS diagonal" "SLAMS mixed" --name skill_full``,
+61 min on the 2-core CPU; ``results/skill_sda_sweeps.md`` adds SDA at every sweep point in quick
+size (``--quick --sda all --variants --name skill_sda_sweeps``).
+
 ``--quick``: 2 windows; SLAMS and SDA with 8 members × 16 steps (+ 1 correction each); SDA on the
 default case, the harshest point of each sweep (r = 16, 2 σ_c, 0.4 %) and the mildest one (r = 2;
 25 % observed behaves alike); the stochastic EnKF on the default case and the ablation
