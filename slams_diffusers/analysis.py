@@ -42,12 +42,7 @@ from .baselines.oi import optimal_interpolation
 from .covariance import BackgroundCovariance, SpectralCovariance
 from .observations import Observation
 
-__all__ = [
-    "ANALYSES",
-    "ResidualPosterior",
-    "residual_posterior",
-    "unresolved_error_covariance",
-]
+__all__ = ["ANALYSES", "ResidualPosterior", "residual_posterior", "unresolved_error_covariance"]
 
 ANALYSES = ("auto", "filtered", "incremental", "full")
 #: Draws ``e ~ N(0, B)`` per background step that estimate ``B_⊥``.
@@ -85,9 +80,8 @@ class ResidualPosterior:
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """One draw ``(T, levels, *space)`` (independent steps), like ``mean``; the white noise is
         drawn on the generator's device (a CPU generator works for a GPU mean)."""
-        device = self.mean.device if generator is None else generator.device
-        noise = torch.randn(self.mean.shape, generator=generator, device=device)
-        return self.mean + self.covariance.apply_sqrt(noise.to(self.mean.device)).to(self.mean)
+        noise = _white_noise(self.mean, generator)
+        return self.mean + self.covariance.apply_sqrt(noise).to(self.mean)
 
     def sample_given(
         self,
@@ -106,15 +100,20 @@ class ResidualPosterior:
         observations = sorted(observed, key=lambda o: o.time_index)  # stable: ties keep order
         if not observations:
             return draw
-        device = self.mean.device if generator is None else generator.device
         perturbed = []
         for o in observations:
-            noise = torch.randn(o.values.shape, generator=generator, device=device)
-            noise = noise.to(o.values) * o.noise_variance().sqrt()
+            noise = _white_noise(o.values, generator) * o.noise_variance().sqrt()
             perturbed.append(o.replace_values(o.values + noise))
         first_guess = (resolved + draw).double()
         analysis = optimal_interpolation(first_guess, perturbed, self.covariance)
         return (analysis - resolved.double()).to(self.mean)
+
+
+def _white_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``N(0, I)`` of ``like``'s shape, drawn on the generator's device (a CPU generator works for
+    GPU tensors) and returned on ``like``'s device and dtype."""
+    device = like.device if generator is None else generator.device
+    return torch.randn(like.shape, generator=generator, device=device).to(like)
 
 
 def residual_posterior(residual: Tensor, unresolved: SpectralCovariance) -> ResidualPosterior:

@@ -322,8 +322,9 @@ def test_a_flipped_latitude_view_assimilates(pipe):
     xr.testing.assert_identical(a.dataset, b.dataset)
 
 
-def test_observations_on_another_grid_are_refused(pipe):
-    coarse = Stations(
+def _station_on_a_32_grid() -> Stations:
+    """One station of a 5-level state on a 32 × 32 grid (the models here use 64 × 64)."""
+    return Stations(
         values=torch.ones(1, 1),
         positions=torch.tensor([[3.0, 4.0]]),
         levels=[0],
@@ -331,6 +332,10 @@ def test_observations_on_another_grid_are_refused(pipe):
         grid_shape=(32, 32),
         noise_std=0.5,
     )
+
+
+def test_observations_on_another_grid_are_refused(pipe):
+    coarse = _station_on_a_32_grid()
     with pytest.raises(ValueError, match=r"observations\[0\].*does not fit the state.*\(64, 64\)"):
         pipe(background=torch.from_numpy(state()), observations=[coarse], num_members=1)
 
@@ -425,14 +430,7 @@ def test_inputs_off_the_training_grid_are_refused(with_background):
     background, on a 32 × 32 grid are refused before any compute."""
     pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
     assert tuple(pipe.autoencoder.config.grid_shape) == (64, 64)
-    stations = Stations(
-        values=torch.ones(1, 1),
-        positions=torch.tensor([[3.0, 4.0]]),
-        levels=[0],
-        num_levels=5,
-        grid_shape=(32, 32),
-        noise_std=0.5,
-    )
+    stations = _station_on_a_32_grid()
     kwargs = {"observations": [stations]}
     if with_background:
         kwargs["background"] = torch.from_numpy(state()[..., :32, :32].copy())
