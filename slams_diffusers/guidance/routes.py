@@ -1,7 +1,8 @@
 """Routes and the Gaussian terms they make (docs/method.md §Routes).
 
 - ``"latent"`` (SLAMS, arXiv 2404.06665): an observation is encoded by its modality's encoder to
-  a latent Gaussian ``N(z_y, Σ_zy)`` and compared with ``ẑ`` itself; a background ``x_b`` is
+  a latent Gaussian posterior; divided by the latent prior (which the score model already
+  carries) it is a likelihood ``N(z_y, Σ_zy)``, compared with ``ẑ`` itself; a background ``x_b`` is
   encoded with the autoencoder, ``E(x_b)``, with its error covariance carried into latent space
   (:func:`latent_background_covariance`).
 - ``"decoded"``: ``y`` is compared with ``A(D(ẑ))`` through the observation's operator; a
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..covariance import DiagonalCovariance, SpectralCovariance
-from ..models.observation_encoder import fuse_gaussians
+from ..models.observation_encoder import fuse_posteriors
 from ..observations import Background, Observation
 from .terms import GaussianTerm
 
@@ -223,8 +224,11 @@ def encoded_observation_term(
     device: torch.device,
     dtype: torch.dtype,
 ) -> GaussianTerm:
-    """One term for the encoded observations of step ``index``: ``N(z_y, Σ_zy)`` fused by
-    precision (independent errors), compared with ``ẑ_index``."""
+    """One term for the encoded observations of step ``index``, compared with ``ẑ_index``: the
+    encoders' posteriors ``p(z | y_m)`` divided by the latent prior they share, multiplied
+    (:func:`~slams_diffusers.models.observation_encoder.fuse_posteriors` without the prior): the
+    likelihood ``N(z_y, Σ_zy)`` of ``z``. The score model brings the prior; counting it again
+    through each encoder would pull towards the climatology and shrink the spread."""
     means, logvars = [], []
     for observation in items:
         mean, variance = _encode_with_declared_noise(
@@ -232,5 +236,6 @@ def encoded_observation_term(
         )
         means.append(mean)
         logvars.append(variance.log())
-    mean, logvar = fuse_gaussians(means, logvars)
+    prior_mean, prior_logvar = encoder.latent_prior(dtype, device)
+    mean, logvar = fuse_posteriors(means, logvars, prior_mean, prior_logvar, include_prior=False)
     return GaussianTerm(lambda latent: latent[:, index], mean, variance=logvar.exp())

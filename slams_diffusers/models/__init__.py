@@ -3,7 +3,12 @@ network, and the Markov-blanket wrapper that composes window models over traject
 
 from .level_normalizer import LevelNormalizer
 from .markov_blanket import MarkovBlanketScore
-from .observation_encoder import ObservationEncoder, ObservationEncoderOutput, fuse_gaussians
+from .observation_encoder import (
+    ObservationEncoder,
+    ObservationEncoderOutput,
+    fuse_gaussians,
+    fuse_posteriors,
+)
 from .score_net import ScoreNet, ScoreNetOutput
 from .state_autoencoder import StateAutoencoder, StateAutoencoderOutput
 
@@ -17,4 +22,5 @@ __all__ = [
     "StateAutoencoder",
     "StateAutoencoderOutput",
     "fuse_gaussians",
+    "fuse_posteriors",
 ]

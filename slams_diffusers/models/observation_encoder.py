@@ -1,8 +1,10 @@
 """Observation encoders: one small conv encoder per modality maps rasterised observations to a
-Gaussian in the latent space, and the modalities present are fused by precision weighting."""
+Gaussian posterior in the latent space, and the modalities present are fused as posteriors that
+share the latent prior (docs/method.md §Fusing modalities)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,7 @@ from .layers import (
     validate_spatial_dims,
 )
 
-__all__ = ["ObservationEncoder", "ObservationEncoderOutput", "fuse_gaussians"]
+__all__ = ["ObservationEncoder", "ObservationEncoderOutput", "fuse_gaussians", "fuse_posteriors"]
 
 LOGVAR_BOUND = 10.0
 
@@ -43,7 +45,58 @@ def fuse_gaussians(
     ``P = sum_m exp(-logvar_m)``, ``mean = sum_m exp(-logvar_m) mean_m / P``,
     ``logvar = -log P`` (computed as ``-logsumexp(-logvar_m)``, weights as
     ``softmax_m(-logvar_m)``, so one input is returned unchanged). Inputs broadcast together.
+    Right for estimates whose errors are independent; posteriors that share a prior are fused by
+    :func:`fuse_posteriors`.
     """
+    mu, neg_lv = _stacked(means, logvars)
+    weights = torch.softmax(neg_lv, dim=0)
+    return (weights * mu).sum(0), -torch.logsumexp(neg_lv, dim=0)
+
+
+def fuse_posteriors(
+    means: Sequence[torch.Tensor],
+    logvars: Sequence[torch.Tensor],
+    prior_mean: torch.Tensor | float,
+    prior_logvar: torch.Tensor | float,
+    include_prior: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Fuse Gaussian posteriors ``p(z | y_m) = N(mean_m, exp(logvar_m))`` that share the prior
+    ``p(z) = N(m_0, v_0)``, elementwise (docs/method.md §Fusing modalities).
+
+    With the ``y_m`` conditionally independent given ``z``,
+    ``p(z | y_1..y_M) ∝ p(z) Π_m p(z | y_m) / p(z)``: each posterior is divided by the prior and
+    the prior is counted once. (Their errors are correlated through the prior they all shrink
+    towards; :func:`fuse_gaussians` would count it ``M`` times and be over-confident.) With
+    precisions ``P_m = exp(-logvar_m)``, ``P_0 = 1 / v_0``, modality ``m`` brings the information
+    ``I_m = [P_m − P_0]_+`` and ``a_m = P_m mean_m − P_0 m_0`` where ``I_m > 0`` (0 elsewhere:
+    an encoder no surer than the prior adds nothing), and
+
+    ``P = P_0 + Σ_m I_m``, ``mean = (P_0 m_0 + Σ_m a_m) / P``.
+
+    ``include_prior=False`` gives the likelihood ``Π_m p(z | y_m) / p(z)`` alone as a Gaussian in
+    ``z``: ``P = Σ_m I_m`` floored at ``exp(-LOGVAR_BOUND)`` (a cell nothing informs gets a
+    variance of ``exp(LOGVAR_BOUND)`` and a pull ``Σ_m a_m`` that is 0), ``mean = Σ_m a_m / P``.
+    Returns ``(mean, logvar)``; inputs broadcast together.
+    """
+    mu, neg_lv = _stacked(means, logvars)
+    prior_mean = torch.as_tensor(prior_mean, dtype=mu.dtype, device=mu.device)
+    prior_precision = torch.exp(-torch.as_tensor(prior_logvar, dtype=mu.dtype, device=mu.device))
+    precision = neg_lv.exp()
+    information = (precision - prior_precision).clamp_min(0.0)
+    informed = information > 0
+    shift = torch.where(informed, precision * mu - prior_precision * prior_mean, 0.0).sum(0)
+    information = information.sum(0)
+    if include_prior:
+        total = prior_precision + information
+        return (prior_precision * prior_mean + shift) / total, -total.log()
+    total = information.clamp_min(math.exp(-LOGVAR_BOUND))
+    return shift / total, -total.log()
+
+
+def _stacked(
+    means: Sequence[torch.Tensor], logvars: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(means, -logvars)`` stacked on a new first axis, broadcast together."""
     if len(means) == 0 or len(means) != len(logvars):
         raise ValueError(
             "`means` and `logvars` must be non-empty and of equal length, got "
@@ -52,8 +105,7 @@ def fuse_gaussians(
     shape = torch.broadcast_shapes(*[m.shape for m in means], *[lv.shape for lv in logvars])
     mu = torch.stack([m.expand(shape) for m in means])
     neg_lv = -torch.stack([lv.expand(shape) for lv in logvars])
-    weights = torch.softmax(neg_lv, dim=0)
-    return (weights * mu).sum(0), -torch.logsumexp(neg_lv, dim=0)
+    return mu, neg_lv
 
 
 class _ModalityEncoder(nn.Module):
@@ -142,8 +194,10 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
     ``[v, mask]`` at the modality's own grid, resize to ``latent_shape`` (adaptive average
     pooling when the grid is at least as fine on every axis, else (bi)linear interpolation),
     a residual block and a head giving ``mean_m`` and ``logvar_m`` ``(B, latent_channels,
-    *latent_shape)``, ``logvar_m = 10 tanh(raw / 10)`` in (-10, 10). ``forward`` fuses the
-    modalities given with :func:`fuse_gaussians`, in sorted-name order.
+    *latent_shape)``, ``logvar_m = 10 tanh(raw / 10)`` in (-10, 10): the posterior
+    ``p(z | y_m)`` of the latent cell (trained by Gaussian NLL against the true state's latent).
+    ``forward`` fuses the modalities given with :func:`fuse_posteriors` under the latent prior
+    ``N(latent_prior_mean, latent_prior_std²)`` per channel, in sorted-name order.
 
     Args:
         modalities: ``{name: {"in_channels": C, "input_mean": list | None,
@@ -155,6 +209,9 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         spatial_dims: 1 or 2.
         hidden_channels: width of each modality encoder.
         periodic: circular padding along x.
+        latent_prior_mean, latent_prior_std: per latent channel, the marginal distribution of
+            the training states' latents (what the encoders' posteriors shrink towards; stage-1
+            training sets them); ``None``: 0 and 1, the unit-variance scaled latent.
     """
 
     @register_to_config
@@ -165,9 +222,15 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         spatial_dims: int = 2,
         hidden_channels: int = 32,
         periodic: bool = False,
+        latent_prior_mean: list[float] | None = None,
+        latent_prior_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
+        prior_mean = channel_values(latent_prior_mean, latent_channels, "latent_prior_mean", 0.0)
+        prior_std = channel_values(latent_prior_std, latent_channels, "latent_prior_std", 1.0)
+        if not all(s > 0 and math.isfinite(s) for s in prior_std):
+            raise ValueError(f"`latent_prior_std` must be positive, got {prior_std}.")
         if not isinstance(modalities, Mapping) or len(modalities) == 0:
             raise ValueError(
                 "`modalities` must be a non-empty dict {name: {'in_channels': C, ...}}, "
@@ -188,13 +251,30 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             encoders[name] = _ModalityEncoder(
                 spatial_dims, c, hidden_channels, latent_channels, periodic, mean, std
             )
-        self.register_to_config(modalities=clean)
+        self.register_to_config(
+            modalities=clean,
+            latent_prior_mean=None if latent_prior_mean is None else prior_mean,
+            latent_prior_std=None if latent_prior_std is None else prior_std,
+        )
         self.encoders = nn.ModuleDict(encoders)
 
     @property
     def modality_names(self) -> list[str]:
         """Names of the modalities this encoder knows, sorted (the fusion order)."""
         return list(self.encoders.keys())
+
+    def latent_prior(
+        self, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent prior per channel as ``(mean, logvar)`` ``(c, 1, …)``: broadcasts against
+        ``(c, *latent_shape)`` and ``(B, c, *latent_shape)``."""
+        c, sd = self.config.latent_channels, self.config.spatial_dims
+        view = (c,) + (1,) * sd
+        mean = channel_values(self.config.latent_prior_mean, c, "latent_prior_mean", 0.0)
+        std = channel_values(self.config.latent_prior_std, c, "latent_prior_std", 1.0)
+        mean = torch.tensor(mean, dtype=dtype, device=device).reshape(view)
+        logvar = 2 * torch.tensor(std, dtype=dtype, device=device).log().reshape(view)
+        return mean, logvar
 
     def reference_noise_std(self, name: str) -> float:
         """The observation error std modality ``name``'s predicted variance is calibrated for."""
@@ -250,9 +330,9 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         latent_shape: Sequence[int],
         return_dict: bool = True,
     ) -> ObservationEncoderOutput | tuple[torch.Tensor, torch.Tensor]:
-        """Encode every modality in ``inputs`` (``{name: (values, mask)}``) and fuse them:
-        ``(mean, logvar)`` ``(B, latent_channels, *latent_shape)``. Absent modalities do not
-        enter the fusion."""
+        """Encode every modality in ``inputs`` (``{name: (values, mask)}``) and fuse them into the
+        posterior given all of them (:func:`fuse_posteriors`): ``(mean, logvar)``
+        ``(B, latent_channels, *latent_shape)``. Absent modalities do not enter the fusion."""
         if not isinstance(inputs, Mapping) or len(inputs) == 0:
             raise ValueError(
                 "`inputs` must be a non-empty dict {modality: (values, mask)}; known "
@@ -273,7 +353,8 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             mean, logvar = self.encode_modality(name, pair[0], pair[1], latent_shape)
             means.append(mean)
             logvars.append(logvar)
-        mean, logvar = fuse_gaussians(means, logvars)
+        prior_mean, prior_logvar = self.latent_prior(means[0].dtype, means[0].device)
+        mean, logvar = fuse_posteriors(means, logvars, prior_mean, prior_logvar)
         if not return_dict:
             return mean, logvar
         return ObservationEncoderOutput(mean=mean, logvar=logvar)
