@@ -53,6 +53,7 @@ __all__ = [
     "check_split_gap",
     "reconstruction_rmse",
     "encoder_calibration",
+    "latent_prior_statistics",
     "machine_description",
     "run_main",
 ]
@@ -109,6 +110,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoints_total_limit", type=int, default=3)
     add("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     add("--logging_steps", type=int, default=10)
+    add(
+        "--validation_steps",
+        type=int,
+        default=250,
+        help="every N steps, the loss on fixed batches of --eval_split with the EMA weights",
+    )
+    add("--validation_batches", type=int, default=4, help="fixed batches of the validation loss")
     add("--report_to", default="tensorboard", help="tensorboard, all or none")
     add("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
     add("--push_to_hub", action="store_true")
@@ -478,7 +486,7 @@ class TrainingProgress:
 
     def __init__(self) -> None:
         self.step = 0
-        self.values: dict[str, float] = {}
+        self.values: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "values": dict(self.values)}
@@ -691,13 +699,17 @@ def optimise(
     log: MetricsLog,
     items_per_micro_step: int,
     phase: str,
+    validate: Callable[[], float] | None = None,
 ) -> None:
     """Run optimisation steps ``progress.step .. stop - 1`` of ``model``.
 
     Each step accumulates ``--gradient_accumulation_steps`` micro-steps of ``loss_fn(m)``
     (``m`` the global micro-step index, the key of every random draw), clips the gradient norm,
     steps the optimiser, the LR schedule and the EMA, logs the mean loss over processes every
-    ``--logging_steps`` and checkpoints every ``--checkpointing_steps`` (and at ``stop``).
+    ``--logging_steps`` and checkpoints every ``--checkpointing_steps`` (and at ``stop``). Every
+    ``--validation_steps`` (and at ``stop``) it logs ``validate()`` — a loss on fixed held-out
+    batches — computed with the EMA weights, and the run's wall time so far (``wall_seconds``,
+    carried across resumes): the training curves.
     """
     from tqdm.auto import tqdm
 
@@ -709,6 +721,7 @@ def optimise(
         disable=not (accelerator.is_local_main_process and args.progress_bar),
     )
     running, count, start = 0.0, 0, time.perf_counter()
+    clock = time.perf_counter()
     while progress.step < stop:
         step = progress.step
         for micro in range(accumulation):
@@ -734,6 +747,14 @@ def optimise(
                 f"{phase}/lr": lr_scheduler.get_last_lr()[0],
                 f"{phase}/items_per_second": items / max(elapsed, 1e-9),
             }
+            now = time.perf_counter()
+            progress.values["wall_seconds"] = progress.values.get("wall_seconds", 0.0) + now - clock
+            clock = now
+            values["wall_seconds"] = progress.values["wall_seconds"]
+            if validate is not None and (
+                progress.step % args.validation_steps == 0 or progress.step == stop
+            ):
+                values[f"{phase}/val_loss"] = _with_ema_weights(model, ema, validate)
             log(progress.step, values)
             bar.set_postfix(loss=f"{running / count:.4g}")
             running, count, start = 0.0, 0, time.perf_counter()
@@ -744,6 +765,20 @@ def optimise(
             if accelerator.is_main_process:
                 print(f"saved checkpoint {path}", flush=True)
     bar.close()
+
+
+def _with_ema_weights(model: nn.Module, ema, fn: Callable[[], float]) -> float:
+    """``fn()`` without gradients, with the EMA weights in ``model`` (restored after)."""
+    parameters = list(_unwrap(model).parameters())
+    if ema is not None:
+        ema.store(parameters)
+        ema.copy_to(parameters)
+    try:
+        with torch.no_grad():
+            return float(fn())
+    finally:
+        if ema is not None:
+            ema.restore(parameters)
 
 
 def final_weights(model: nn.Module, ema) -> nn.Module:
@@ -763,6 +798,20 @@ def run_record(args: argparse.Namespace, seconds: float, accelerator) -> dict[st
         "processes": accelerator.num_processes,
         "hardware": machine_description(),
     }
+
+
+def latent_prior_statistics(
+    autoencoder: StateAutoencoder, states: Tensor, batch: int = 64
+) -> tuple[list[float], list[float]]:
+    """Per latent channel, the mean and std of ``E(x)`` over ``states`` ``(N, levels, *space)``
+    and their cells: the prior the observation encoders' posteriors shrink towards
+    (``ObservationEncoder(latent_prior_mean=..., latent_prior_std=...)``)."""
+    with torch.no_grad():
+        latents = torch.cat(
+            [autoencoder.encode(states[i : i + batch, None]) for i in range(0, len(states), batch)]
+        )[:, 0].double()
+    per_channel = latents.transpose(0, 1).reshape(latents.shape[1], -1)
+    return per_channel.mean(1).tolist(), per_channel.std(1).tolist()
 
 
 def latent_scaling_factor(autoencoder: StateAutoencoder, states: Tensor, batch: int = 64) -> float:

@@ -5,7 +5,8 @@
 
 Phase ``autoencoder`` (``--autoencoder_steps``): ``StateAutoencoder`` on single states with the
 level-normalised reconstruction loss. Then the EMA weights are frozen and ``scaling_factor`` is set
-so the latent has unit variance. Phase ``encoder`` (``--encoder_steps``): each modality of the
+so the latent has unit variance, and its per-channel mean and std are recorded as the observation
+encoder's latent prior. Phase ``encoder`` (``--encoder_steps``): each modality of the
 ``ObservationEncoder`` maps observations of a state, degraded at random on the fly
 (``random_observations``: station sets and counts, noise, footprints, coarsening, clouds, dropped
 modalities), to that state's latent, with a Gaussian NLL so each latent cell learns its variance.
@@ -52,6 +53,7 @@ from slams_diffusers.training import (
     encoder_batches,
     encoder_calibration,
     final_weights,
+    latent_prior_statistics,
     latent_scaling_factor,
     load_training_data,
     make_accelerator,
@@ -232,6 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     def autoencoder_step(micro_step: int) -> torch.Tensor:
         return reconstruction_loss(autoencoder, states(indices(micro_step))[:, None])
 
+    held_out = validation_states(args, batch * args.validation_batches, accelerator.device)
+
+    def autoencoder_validation() -> float:
+        chunks = held_out.split(batch) if held_out is not None else ()
+        return sum(float(reconstruction_loss(autoencoder, c[:, None])) for c in chunks) / max(
+            len(chunks), 1
+        )
+
     # ---------------------------------------------------------------- phase 1
     optimise(
         accelerator,
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         log,
         batch,
         "autoencoder",
+        validate=autoencoder_validation if held_out is not None else None,
     )
 
     # ---------------------------------------------------------------- phase 2
@@ -255,8 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         count = min(args.scaling_states, num_states)
         sample = torch.randperm(num_states, generator=seeded_generator(args.seed, 1))[:count]
         progress.values["scaling_factor"] = latent_scaling_factor(frozen, states(sample))
+        frozen.register_to_config(scaling_factor=progress.values["scaling_factor"])
+        prior_mean, prior_std = latent_prior_statistics(frozen, states(sample))
+        progress.values["latent_prior_mean"], progress.values["latent_prior_std"] = (
+            prior_mean,
+            prior_std,
+        )
     frozen.register_to_config(scaling_factor=progress.values["scaling_factor"])
     frozen.requires_grad_(False).eval()
+    accelerator.unwrap_model(encoder_loss).encoder.register_to_config(
+        latent_prior_mean=progress.values["latent_prior_mean"],
+        latent_prior_std=progress.values["latent_prior_std"],
+    )
     periodic = (args.periodic_y, args.periodic)[-spatial_dims:]  # stations and clouds: (y, x)
 
     def observe(truth: torch.Tensor, generator: torch.Generator) -> list:
@@ -281,6 +302,17 @@ def main(argv: list[str] | None = None) -> None:
         ]
         return encoder_loss(encoder_batches(observations, latents, args.modalities))
 
+    def encoder_validation() -> float:
+        total = 0.0
+        for k, truth in enumerate(held_out.split(batch)):
+            latents = frozen.encode(truth[:, None])[:, 0]
+            observations = [
+                observe(truth[b], seeded_generator(args.seed, 5, k, b))
+                for b in range(truth.shape[0])
+            ]
+            total += float(encoder_loss(encoder_batches(observations, latents, args.modalities)))
+        return total / len(held_out.split(batch))
+
     stop = args.autoencoder_steps + args.encoder_steps
     optimise(
         accelerator,
@@ -295,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         log,
         batch,
         "encoder",
+        validate=encoder_validation if held_out is not None else None,
     )
 
     # ---------------------------------------------------------------- save
@@ -319,6 +352,20 @@ def as_samples(data):
     if "trajectory" in data.dims:
         return data.stack(sample=("trajectory", "time")).transpose("sample", ...)
     return data.rename(time="sample")
+
+
+def validation_states(args, count: int, device) -> torch.Tensor | None:
+    """``count`` evenly spaced states of ``--eval_split`` ``(count, levels, *space)``, the fixed
+    batches of the validation loss; ``None`` without such a split."""
+    if args.eval_split is None or count < 1:
+        return None
+    try:
+        data = as_samples(load_training_data(args, args.eval_split))
+    except ValueError:
+        return None
+    chosen = np.unique(np.linspace(0, data.sizes["sample"] - 1, count).round().astype(int))
+    values = np.array(data.isel(sample=chosen).values, dtype=np.float32)
+    return torch.from_numpy(values).to(device)
 
 
 def evaluate(args, autoencoder, encoder, pressures, observe, device) -> dict | None:

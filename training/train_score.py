@@ -133,6 +133,29 @@ def cache_trajectories(data, autoencoder, batch: int, device) -> torch.Tensor:
     return torch.stack(cached)
 
 
+def validation_windows(args, autoencoder, levels, device) -> torch.Tensor | None:
+    """``--validation_batches`` batches of evenly spaced windows of ``--eval_split`` in diffusion
+    space ``(N, window, C, *space)``: the fixed batches of the validation loss (``None`` without
+    such a split)."""
+    count = args.train_batch_size * args.validation_batches
+    if args.eval_split is None or count < 1:
+        return None
+    try:
+        data = load_training_data(args, args.eval_split, levels=levels, window=args.window)
+    except ValueError:
+        return None
+    cache = cache_trajectories(data, autoencoder, args.encode_batch_size, device)
+    per_trajectory = cache.shape[1] - args.window + 1
+    if per_trajectory < 1:
+        return None
+    total = cache.shape[0] * per_trajectory
+    index = torch.from_numpy(np.linspace(0, total - 1, count).round().astype(np.int64))
+    index = index.to(cache.device)
+    offsets = torch.arange(args.window, device=cache.device)
+    trajectory, start = index // per_trajectory, index % per_trajectory
+    return cache[trajectory[:, None], start[:, None] + offsets]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     started = time.perf_counter()
@@ -203,6 +226,15 @@ def main(argv: list[str] | None = None) -> None:
         generator = seeded_generator(args.seed, 3, micro_step, rank)
         return denoising_loss(score_model, scheduler, windows, generator)
 
+    held_out = validation_windows(args, autoencoder, levels, accelerator.device)
+
+    def score_validation() -> float:
+        batches = held_out.split(args.train_batch_size)
+        return sum(
+            float(denoising_loss(score_model, scheduler, w, seeded_generator(args.seed, 6, k)))
+            for k, w in enumerate(batches)
+        ) / len(batches)
+
     optimise(
         accelerator,
         args,
@@ -216,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         log,
         args.train_batch_size,
         "score",
+        validate=score_validation if held_out is not None else None,
     )
 
     accelerator.wait_for_everyone()
