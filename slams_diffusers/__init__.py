@@ -17,6 +17,7 @@ from .models import (
     StateAutoencoder,
     StateAutoencoderOutput,
     fuse_gaussians,
+    fuse_likelihoods,
     fuse_posteriors,
 )
 from .models.gaussian_score import GaussianScoreModel
@@ -63,6 +64,7 @@ __all__ = [
     "conjugate_gradient",
     "estimate_background_covariance",
     "fuse_gaussians",
+    "fuse_likelihoods",
     "fuse_posteriors",
     "gaussian_weighting_functions",
     "likelihood_score",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import yaml
 from torch import Tensor, nn
 
 from .data.datasets import add_split, open_store, select_split
+from .models.observation_encoder import error_correlation_matrix, posterior_to_likelihood
 from .models.state_autoencoder import StateAutoencoder
 from .observations import Observation
 
@@ -53,6 +55,8 @@ __all__ = [
     "check_split_gap",
     "reconstruction_rmse",
     "encoder_calibration",
+    "fit_modality_error_correlation",
+    "fused_calibration",
     "latent_prior_statistics",
     "machine_description",
     "run_main",
@@ -477,6 +481,117 @@ def encoder_calibration(
             entry[0] += float(z2.sum())
             entry[1] += z2.numel()
     return {name: total / count for name, (total, count) in sorted(totals.items())}
+
+
+def _likelihood_errors(
+    encoder: nn.Module, latent: Tensor, observations: Sequence[Observation]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per modality observed in ``observations`` (of the state whose latent is ``latent``
+    ``(c, *latent)``): the normalised error ``(u − z) √I`` of its likelihood's pseudo-observation
+    (:func:`~slams_diffusers.models.observation_encoder.posterior_to_likelihood`) and where it
+    informs (``I > 0``), in float64."""
+    encoder = _unwrap(encoder)
+    prior_mean, prior_logvar = encoder.latent_prior(torch.float64, latent.device)
+    errors = {}
+    with torch.no_grad():
+        for observation in observations:
+            if observation.modality not in encoder.config.modalities:
+                continue
+            values, mask = observation.to_grid()
+            mean, logvar = encoder.encode_modality(
+                observation.modality,
+                values[None].to(latent.device, latent.dtype),
+                mask[None].to(latent.device, latent.dtype),
+                tuple(latent.shape[1:]),
+            )
+            u, information = posterior_to_likelihood(
+                mean[0].double(), logvar[0].double(), prior_mean, prior_logvar
+            )
+            errors[observation.modality] = (
+                (u - latent.double()) * information.sqrt(),
+                information > 0,
+            )
+    return errors
+
+
+def fit_modality_error_correlation(
+    encoder: nn.Module, latents: Tensor, observations: Sequence[Sequence[Observation]]
+) -> dict[str, dict[str, float]]:
+    r"""The correlation of the modalities' likelihood errors, fitted on held-out cases
+    (docs/method.md §Fusing modalities): for each pair of modalities observed together,
+
+    .. math:: \rho_{mn} = \frac{\sum \varepsilon_m \varepsilon_n}
+              {\sqrt{\sum \varepsilon_m^2 \sum \varepsilon_n^2}},\quad
+              \varepsilon_m = (u_m - z)\sqrt{I_m},
+
+    over the latent cells both inform and the cases (``observations[b]`` observe the state of
+    latent ``latents[b]``), ``z = E(x)``. The matrix is shrunk towards the identity until it is
+    positive definite (factors 0.9, 0.81, …). Returns ``{name: {other: ρ}}`` for
+    ``ObservationEncoder(modality_error_correlation=...)``; pairs never observed together are
+    left out (uncorrelated).
+    """
+    sums: dict[tuple[str, str], list[float]] = {}
+    for latent, items in zip(latents, observations, strict=True):
+        errors = _likelihood_errors(encoder, latent, items)
+        names = sorted(errors)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                both = errors[a][1] & errors[b][1]
+                ea, eb = errors[a][0][both], errors[b][0][both]
+                entry = sums.setdefault((a, b), [0.0, 0.0, 0.0])
+                entry[0] += float((ea * eb).sum())
+                entry[1] += float(ea.square().sum())
+                entry[2] += float(eb.square().sum())
+    names = sorted({name for pair in sums for name in pair})
+    rho = torch.eye(len(names), dtype=torch.float64)
+    for (a, b), (cross, aa, bb) in sums.items():
+        if aa > 0 and bb > 0:
+            i, j = names.index(a), names.index(b)
+            rho[i, j] = rho[j, i] = cross / math.sqrt(aa * bb)
+    eye = torch.eye(len(names), dtype=torch.float64)
+    while torch.linalg.cholesky_ex(rho).info != 0 or float(rho.sub(eye).abs().max()) >= 1:
+        rho = 0.9 * rho + 0.1 * eye
+    error_correlation_matrix(rho, len(names))
+    pairs = {frozenset(pair) for pair in sums}
+    return {
+        a: {b: float(rho[i, j]) for j, b in enumerate(names) if frozenset((a, b)) in pairs}
+        for i, a in enumerate(names)
+    }
+
+
+def fused_calibration(
+    encoder: nn.Module, latents: Tensor, observations: Sequence[Sequence[Observation]]
+) -> dict[str, dict[str, float]]:
+    r"""For every subset of the modalities observed together, the fused posterior's (the
+    encoder's ``forward``: prior, likelihoods, their correlation) mean squared z-score
+    :math:`\overline{z^2}` (1 when calibrated) and mean squared error ``mse`` of its mean against
+    ``z = E(x)``, over latent cells and the cases where every modality of the subset is observed.
+    Keys are the subset's names joined by ``+``, sorted; adding a modality should lower ``mse``
+    and keep :math:`\overline{z^2}` near 1."""
+    encoder = _unwrap(encoder)
+    totals: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for latent, items in zip(latents, observations, strict=True):
+            grids = {
+                o.modality: tuple(t[None].to(latent.device, latent.dtype) for t in o.to_grid())
+                for o in items
+                if o.modality in encoder.config.modalities
+            }
+            names = sorted(grids)
+            for size in range(1, len(names) + 1):
+                for subset in itertools.combinations(names, size):
+                    mean, logvar = encoder(
+                        {n: grids[n] for n in subset}, tuple(latent.shape[1:]), return_dict=False
+                    )
+                    error = (mean[0].double() - latent.double()).square()
+                    entry = totals.setdefault("+".join(subset), [0.0, 0.0, 0.0])
+                    entry[0] += float((error * torch.exp(-logvar[0].double())).sum())
+                    entry[1] += float(error.sum())
+                    entry[2] += error.numel()
+    return {
+        key: {"mean_z2": z2 / count, "mse": mse / count}
+        for key, (z2, mse, count) in sorted(totals.items())
+    }
 
 
 # ------------------------------------------------------------------------- checkpoints

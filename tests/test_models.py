@@ -19,9 +19,11 @@ from slams_diffusers.models import (
     StateAutoencoder,
     StateAutoencoderOutput,
     fuse_gaussians,
+    fuse_likelihoods,
     fuse_posteriors,
 )
 from slams_diffusers.models.layers import PaddedConv, sinusoidal_embedding
+from slams_diffusers.training import fit_modality_error_correlation
 
 
 def tiny_ae(**kw) -> StateAutoencoder:
@@ -324,6 +326,164 @@ def test_fuse_posteriors_is_calibrated_when_errors_correlate():
     expected = exact_var * (y / noise_var.double()).sum(0)
     # (the information P_m − P_0 and P_m mean_m − P_0 m_0 cancel: 1e-6 is far from any real error)
     assert torch.allclose(like_mean, expected, rtol=0, atol=1e-6)
+
+
+def _correlated_views(n: int, rho: float, noise_std=(0.8, 1.2), seed: int = 0):
+    """``z ~ N(m0, v0)`` (3 channels) and two views ``u_m = z + e_m`` whose errors have stds
+    ``noise_std`` and correlation ``rho``, with each view's exact posterior (what a calibrated
+    encoder gives), in float64."""
+    g = torch.Generator().manual_seed(seed)
+    m0, v0 = 0.7, 2.0
+    z = m0 + v0**0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    e1 = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    e2 = rho * e1 + (1 - rho**2) ** 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    std = torch.tensor(noise_std, dtype=torch.float64)
+    u = torch.stack([z + std[0] * e1, z + std[1] * e2])
+    post_var = 1 / (1 / v0 + 1 / std[:, None, None] ** 2)
+    post_mean = post_var * (m0 / v0 + u / std[:, None, None] ** 2)
+    return z, u, post_mean, post_var.log().expand_as(post_mean), (m0, v0), std
+
+
+def test_fuse_posteriors_with_correlated_errors_of_known_covariance():
+    """Two modalities whose errors correlate beyond the prior they share (``ρ = 0.6``): fused with
+    that correlation (generalised least squares on the likelihoods), the posterior is the exact
+    Gaussian conditional given both views (to float64 round-off), its mean z² is 1 within 10 %
+    (20 000 × 3 draws: standard error 0.6 %), and removing a modality never gives a smaller
+    error. Assuming them independent is over-confident."""
+    rho = 0.6
+    z, u, post_mean, post_logvar, (m0, v0), std = _correlated_views(20_000, rho)
+    correlation = [[1.0, rho], [rho, 1.0]]
+    mean, logvar = fuse_posteriors(
+        list(post_mean), list(post_logvar), m0, math.log(v0), correlation
+    )
+    # exact: condition (z, u1, u2) jointly Gaussian on (u1, u2)
+    c = torch.tensor([[std[0] ** 2, rho * std[0] * std[1]], [rho * std[0] * std[1], std[1] ** 2]])
+    s = v0 + c  # Cov(u), with Cov(z, u) = v0 [1, 1]
+    gain = v0 * torch.linalg.solve(s, torch.ones(2, dtype=torch.float64))
+    exact_mean = m0 + torch.einsum("m,mnc->nc", gain, u - m0)
+    exact_var = v0 - v0 * gain.sum()
+    assert torch.allclose(mean, exact_mean, rtol=0, atol=1e-9)
+    assert torch.allclose(logvar.exp(), exact_var.expand_as(mean), rtol=1e-9)
+    z2 = float(((mean - z) ** 2 / logvar.exp()).mean())
+    assert abs(z2 - 1) < 0.1, z2
+    mse_both = float(((mean - z) ** 2).mean())
+    for alone in range(2):
+        assert mse_both < float(((post_mean[alone] - z) ** 2).mean())
+    independent = fuse_posteriors(list(post_mean), list(post_logvar), m0, math.log(v0))
+    assert float(((independent[0] - z) ** 2 / independent[1].exp()).mean()) > 1.2
+
+
+def test_removing_a_modality_never_helps_on_average():
+    """For correlations from strongly negative to nearly 1 and unequal noise, the fused error
+    (correlation known) is never larger than either modality's alone (the Gaussian conditional
+    given more data), and its mean z² stays within 10 % of 1."""
+    for rho in (-0.5, 0.0, 0.3, 0.6, 0.9):
+        for noise_std in ((0.8, 1.2), (0.5, 3.0)):
+            z, _, post_mean, post_logvar, (m0, v0), _ = _correlated_views(20_000, rho, noise_std)
+            mean, logvar = fuse_posteriors(
+                list(post_mean), list(post_logvar), m0, math.log(v0), [[1, rho], [rho, 1]]
+            )
+            mse_both = float(((mean - z) ** 2).mean())
+            singles = [float(((m - z) ** 2).mean()) for m in post_mean]
+            assert mse_both <= min(singles) * 1.005, (rho, noise_std, mse_both, singles)
+            assert abs(float(((mean - z) ** 2 / logvar.exp()).mean()) - 1) < 0.1
+
+
+def test_fuse_likelihoods_drops_uninformed_modalities():
+    """A modality that informs nothing in a cell (precision 0) leaves the others' estimate there
+    exactly as it is, whatever its correlation; with no correlation given it is the product."""
+    u = [torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([3.0, 5.0])]
+    precision = [torch.tensor([4.0, 4.0], dtype=torch.float64), torch.tensor([1.0, 0.0])]
+    mean, total = fuse_likelihoods(u, precision, [[1.0, 0.5], [0.5, 1.0]])
+    assert float(mean[1]) == pytest.approx(2.0, abs=1e-12)
+    assert float(total[1]) == pytest.approx(4.0, abs=1e-12)
+    # informed cell: C = [[1/4, .5 * .5 * 1], [., 1]]; 1ᵀC⁻¹1 = (1/4 + 1 - 2 * .25) / det
+    det = 0.25 * 1.0 - 0.25**2
+    assert float(total[0]) == pytest.approx((1.0 + 0.25 - 0.5) / det, rel=1e-12)
+    plain, plain_total = fuse_likelihoods(u, precision)
+    assert torch.allclose(plain_total, torch.tensor([5.0, 4.0], dtype=torch.float64))
+    assert torch.allclose(plain, torch.tensor([(4 + 3) / 5, 2.0], dtype=torch.float64))
+    for bad, match in (([[1.0, 1.0], [1.0, 1.0]], "positive definite"), ([[1.0, 0.2]], "2 x 2")):
+        with pytest.raises(ValueError, match=match):
+            fuse_likelihoods(u, precision, bad)
+
+
+def test_observation_encoder_error_correlation_config(tmp_path):
+    """The fitted correlation lives in the encoder's config, survives save/load, is used by
+    ``forward`` (positive correlation: less information than the plain product) and is
+    checked at construction."""
+    plain = tiny_obs(latent_prior_std=[10.0, 10.0])
+    correlated = tiny_obs(
+        latent_prior_std=[10.0, 10.0], modality_error_correlation={"stations": {"satellite": 0.5}}
+    )
+    assert correlated.config.modality_error_correlation == {
+        "satellite": {"stations": 0.5},
+        "stations": {"satellite": 0.5},
+    }
+    assert torch.equal(
+        correlated.error_correlation(["stations", "satellite"]),
+        torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64),
+    )
+    assert correlated.error_correlation(["stations", "stations"]) is None  # two networks
+    assert plain.error_correlation(["stations", "satellite"]) is None
+    inputs = obs_inputs()
+    with torch.no_grad():
+        both_plain, both = plain(inputs, (4, 4)), correlated(inputs, (4, 4))
+    assert torch.all(both.logvar >= both_plain.logvar - 1e-6)
+    assert float((both.logvar - both_plain.logvar).max()) > 1e-3
+    correlated.save_pretrained(tmp_path / "enc")
+    loaded = ObservationEncoder.from_pretrained(tmp_path / "enc")
+    assert loaded.config.modality_error_correlation == correlated.config.modality_error_correlation
+    assert torch.equal(loaded(inputs, (4, 4)).mean, both.mean)
+    for bad, match in (
+        ({"radar": {"stations": 0.1}}, "modality_error_correlation"),
+        ({"stations": {"satellite": 1.0}}, "positive definite"),
+        (
+            {"stations": {"satellite": 0.1}, "satellite": {"stations": 0.2}},
+            "symmetric",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            tiny_obs(modality_error_correlation=bad)
+
+
+class _Views:
+    """A stand-in observation: its ``to_grid()`` is the case index (the stand-in encoder below
+    looks the posterior up by it)."""
+
+    def __init__(self, modality: str, case: int) -> None:
+        self.modality, self.case = modality, case
+
+    def to_grid(self):
+        return torch.full((1, 1), float(self.case)), torch.ones(1, 1)
+
+
+class _KnownPosteriors(torch.nn.Module):
+    """An encoder whose posteriors are given: case ``b`` of modality ``m`` -> ``(mean, logvar)``."""
+
+    def __init__(self, means, logvars, prior) -> None:
+        super().__init__()
+        self.means, self.logvars, self.prior = means, logvars, prior
+        self.config = type("Config", (), {"modalities": {"a": {}, "b": {}}})()
+
+    def latent_prior(self, dtype=None, device=None):
+        return tuple(torch.tensor(v, dtype=dtype) for v in self.prior)
+
+    def encode_modality(self, name, values, mask, latent_shape):
+        case, m = int(values.flatten()[0]), "ab".index(name)
+        return self.means[m][case][None], self.logvars[m][case][None]
+
+
+def test_fit_modality_error_correlation_recovers_the_correlation():
+    """On views with a known error correlation, the fit recovers it within sampling error
+    (3000 cases × 3 cells: standard error (1 − ρ²)/√9000 ≈ 0.007)."""
+    rho = 0.6
+    z, _, post_mean, post_logvar, (m0, v0), _ = _correlated_views(3000, rho)
+    encoder = _KnownPosteriors(post_mean, post_logvar, (m0, math.log(v0)))
+    observations = [[_Views("a", b), _Views("b", b)] for b in range(len(z))]
+    fitted = fit_modality_error_correlation(encoder, z, observations)
+    assert set(fitted) == {"a", "b"} and fitted["a"]["b"] == fitted["b"]["a"]
+    assert abs(fitted["a"]["b"] - rho) < 0.04, fitted
 
 
 def test_observation_encoder_normalisation_and_mask():

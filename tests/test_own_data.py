@@ -158,6 +158,17 @@ def test_single_run_in_pa_trains_with_the_readme_commands_and_assimilates(tmp_pa
     z2 = evaluation["encoder_mean_z2"]
     assert set(z2) == {"stations", "satellite", "gridded"}
     assert all(np.isfinite(value) and value > 0 for value in z2.values()), z2
+    # the modalities' error correlation is fitted on val and every subset's fusion reported
+    fused = evaluation["fused"]
+    assert set(fused) == {
+        "gridded", "satellite", "stations", "gridded+satellite", "gridded+stations",
+        "satellite+stations", "gridded+satellite+stations",
+    }  # fmt: skip
+    assert all(np.isfinite(v["mean_z2"]) and v["mse"] > 0 for v in fused.values()), fused
+    encoder_config = json.loads((stage1 / "observation_encoder" / "config.json").read_text())
+    correlation = encoder_config["modality_error_correlation"]
+    assert set(correlation) == {"gridded", "satellite", "stations"}
+    assert all(-1 < rho < 1 for row in correlation.values() for rho in row.values())
     assert "stage-1 evaluation on 6 'val' states" in logs and "850 hPa" in logs
     card = " ".join((stage2 / "pipeline" / "README.md").read_text().split())
     assert "autoencoder reconstruction RMSE, 850 hPa [K] (val, 6 states)" in card

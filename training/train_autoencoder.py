@@ -11,11 +11,14 @@ encoder's latent prior. Phase ``encoder`` (``--encoder_steps``): each modality o
 (``random_observations``: station sets and counts, noise, footprints, coarsening, clouds, dropped
 modalities), to that state's latent, with a Gaussian NLL so each latent cell learns its variance.
 
-Then, on the ``--eval_split`` part of the data (default ``val``), it reports the autoencoder's
-per-level reconstruction RMSE [K] (the floor of the latent route's accuracy) and each encoder's
-calibration (mean squared z-score of its latent error, 1 when its variances are honest) to the
-output, the trackers (tensorboard) and ``autoencoder_training.json`` (which ``train_score.py`` puts
-in the model card).
+Then, on the ``--eval_split`` part of the data (default ``val``), it fits the correlation of the
+modalities' likelihood errors (``fit_modality_error_correlation``, stored in the encoder's config
+and used when it fuses modalities) and reports the autoencoder's per-level reconstruction RMSE [K]
+(the floor of the latent route's accuracy), each encoder's calibration (mean squared z-score of its
+latent error, 1 when its variances are honest) and the fused posterior's calibration and error for
+every subset of modalities to the output, the trackers (tensorboard) and
+``autoencoder_training.json`` (which ``train_score.py`` puts in the model card).
+``--fit_fusion_only`` refits the correlation of an encoder already trained (OUTPUT_DIR).
 
 Any store :func:`~slams_diffusers.data.datasets.open_store` reads trains: one continuous run is
 split by time (``--split_by``, ``--split_fractions``, ``--split_gap``), ``--levels`` takes a subset
@@ -53,6 +56,8 @@ from slams_diffusers.training import (
     encoder_batches,
     encoder_calibration,
     final_weights,
+    fit_modality_error_correlation,
+    fused_calibration,
     latent_prior_statistics,
     latent_scaling_factor,
     load_training_data,
@@ -105,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep_probability", type=float, default=0.75, help="of each modality per state")
     add("--scaling_states", type=int, default=256, help="states used to set scaling_factor")
     add("--eval_states", type=int, default=64, help="states of --eval_split evaluated (at most)")
+    add(
+        "--fit_fusion_only",
+        action="store_true",
+        help="no training: refit the modalities' error correlation of the encoder saved in "
+        "OUTPUT_DIR (OUTPUT_DIR/autoencoder, OUTPUT_DIR/observation_encoder) on --eval_split, "
+        "save it and report the fused calibration",
+    )
     add(
         "--in_memory",
         action=argparse.BooleanOptionalAction,
@@ -176,6 +188,9 @@ def modality_specs(args, stats: LevelStatistics, pressures: list[float] | None) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
+    if args.fit_fusion_only:
+        refit_fusion(args)
+        return
     started = time.perf_counter()
     data = load_training_data(args, args.split)
     pressures = level_pressures(data)
@@ -278,19 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         latent_prior_mean=progress.values["latent_prior_mean"],
         latent_prior_std=progress.values["latent_prior_std"],
     )
-    periodic = (args.periodic_y, args.periodic)[-spatial_dims:]  # stations and clouds: (y, x)
-
-    def observe(truth: torch.Tensor, generator: torch.Generator) -> list:
-        return random_observations(
-            truth.cpu(),
-            generator,
-            model_pressures=pressures,
-            modalities=args.modalities,
-            keep_probability=args.keep_probability,
-            satellite_peaks=args.satellite_peaks,
-            satellite_width=(args.satellite_width, args.satellite_width),
-            periodic=periodic,
-        )
+    observe = observer(args, pressures, spatial_dims)
 
     def encoder_step(micro_step: int) -> torch.Tensor:
         truth = states(indices(micro_step))
@@ -335,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         out = Path(args.output_dir)
         final_encoder = final_weights(encoder_loss, encoder_ema).encoder
+        fit_fusion(args, frozen, final_encoder, observe, accelerator.device)
         frozen.save_pretrained(out / "autoencoder")
         final_encoder.save_pretrained(out / "observation_encoder")
         record = run_record(args, time.perf_counter() - started, accelerator)
@@ -345,6 +349,101 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.print(describe_evaluation(evaluation))
         (out / "autoencoder_training.json").write_text(json.dumps(record, indent=2, default=str))
     accelerator.end_training()
+
+
+def observer(args, pressures: list[float] | None, spatial_dims: int):
+    """``observe(truth, generator, keep_probability)``: the random degraded observations of one
+    state that the encoders train on (``random_observations`` with the run's settings)."""
+    periodic = (args.periodic_y, args.periodic)[-spatial_dims:]  # stations and clouds: (y, x)
+
+    def observe(
+        truth: torch.Tensor, generator: torch.Generator, keep_probability: float | None = None
+    ) -> list:
+        return random_observations(
+            truth.cpu(),
+            generator,
+            model_pressures=pressures,
+            modalities=args.modalities,
+            keep_probability=args.keep_probability
+            if keep_probability is None
+            else keep_probability,
+            satellite_peaks=args.satellite_peaks,
+            satellite_width=(args.satellite_width, args.satellite_width),
+            periodic=periodic,
+        )
+
+    return observe
+
+
+def evaluation_states(args, device) -> torch.Tensor | None:
+    """Up to ``--eval_states`` evenly spaced states of ``--eval_split`` ``(n, levels, *space)``;
+    ``None`` (with a note) when there is no such split."""
+    if args.eval_split is None or args.eval_states < 1:
+        return None
+    try:
+        data = as_samples(load_training_data(args, args.eval_split))
+    except ValueError as error:
+        print(f"no stage-1 evaluation: {error}", flush=True)
+        return None
+    count = min(args.eval_states, data.sizes["sample"])
+    chosen = np.unique(np.linspace(0, data.sizes["sample"] - 1, count).round().astype(int))
+    states = torch.from_numpy(np.array(data.isel(sample=chosen).values, dtype=np.float32))
+    return states.to(device)
+
+
+def fit_fusion(args, autoencoder, encoder, observe, device) -> dict | None:
+    """Fit the modalities' error correlation on ``--eval_split`` (every modality observed, draws
+    of their own stream) and set it in ``encoder``'s config (docs/method.md §Fusing
+    modalities); ``None`` and the encoder unchanged without held-out states or with one
+    modality."""
+    states = evaluation_states(args, device)
+    if states is None or len(args.modalities) < 2:
+        return None
+    with torch.no_grad():
+        latents = autoencoder.encode(states[:, None])[:, 0]
+    observations = [
+        observe(states[b], seeded_generator(args.seed, 6, b), keep_probability=1.0)
+        for b in range(len(states))
+    ]
+    correlation = fit_modality_error_correlation(encoder, latents, observations)
+    encoder.register_to_config(modality_error_correlation=correlation)
+    return correlation
+
+
+def refit_fusion(args) -> None:
+    """``--fit_fusion_only``: refit the error correlation of OUTPUT_DIR's encoder, save it (the
+    weights unchanged) and write the fused calibration to OUTPUT_DIR/fusion_fit.json."""
+    out = Path(args.output_dir)
+    autoencoder = StateAutoencoder.from_pretrained(out / "autoencoder").eval()
+    encoder = ObservationEncoder.from_pretrained(out / "observation_encoder").eval()
+    pressures = autoencoder.config.levels_hpa
+    observe = observer(args, pressures, autoencoder.config.spatial_dims)
+    device = torch.device("cpu")
+    before = fusion_evaluation(args, autoencoder, encoder, observe, device)
+    correlation = fit_fusion(args, autoencoder, encoder, observe, device)
+    if correlation is None:
+        raise SystemExit("--fit_fusion_only needs an --eval_split and two or more --modalities")
+    encoder.save_pretrained(out / "observation_encoder")
+    after = fusion_evaluation(args, autoencoder, encoder, observe, device)
+    record = {"modality_error_correlation": correlation, "independent": before, "fitted": after}
+    (out / "fusion_fit.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2), flush=True)
+
+
+def fusion_evaluation(args, autoencoder, encoder, observe, device) -> dict | None:
+    """The fused posterior's calibration and error for every subset of the modalities
+    (``fused_calibration``) on ``--eval_split``, every modality observed (draws of their own
+    stream, not those the correlation is fitted on)."""
+    states = evaluation_states(args, device)
+    if states is None:
+        return None
+    with torch.no_grad():
+        latents = autoencoder.encode(states[:, None])[:, 0]
+    observations = [
+        observe(states[b], seeded_generator(args.seed, 7, b), keep_probability=1.0)
+        for b in range(len(states))
+    ]
+    return fused_calibration(encoder, latents, observations)
 
 
 def as_samples(data):
@@ -369,22 +468,14 @@ def validation_states(args, count: int, device) -> torch.Tensor | None:
 
 
 def evaluate(args, autoencoder, encoder, pressures, observe, device) -> dict | None:
-    """Reconstruction RMSE per level [K] and encoder calibration (mean z² per modality) on up to
-    ``--eval_states`` evenly spaced states of ``--eval_split``; ``None`` (with a note) when the
-    data has no such split."""
-    if args.eval_split is None or args.eval_states < 1:
+    """Reconstruction RMSE per level [K], encoder calibration (mean z² per modality) and the
+    fused calibration of every subset of modalities on up to ``--eval_states`` evenly spaced
+    states of ``--eval_split``; ``None`` (with a note) when the data has no such split."""
+    states = evaluation_states(args, device)
+    if states is None:
         return None
-    try:
-        data = as_samples(load_training_data(args, args.eval_split))
-    except ValueError as error:
-        print(f"no stage-1 evaluation: {error}", flush=True)
-        return None
-    count = min(args.eval_states, data.sizes["sample"])
-    chosen = np.unique(np.linspace(0, data.sizes["sample"] - 1, count).round().astype(int))
-    states = torch.from_numpy(np.array(data.isel(sample=chosen).values, dtype=np.float32))
-    states = states.to(device)
     rmse = reconstruction_rmse(autoencoder, states)
-    units = data.attrs.get("units")
+    units = load_training_data(args, args.eval_split).attrs.get("units")
     with torch.no_grad():
         latents = autoencoder.encode(states[:, None])[:, 0]
     observations = [
@@ -401,6 +492,7 @@ def evaluate(args, autoencoder, encoder, pressures, observe, device) -> dict | N
         "units": str(units) if units else None,
         "reconstruction_rmse": dict(zip(names, rmse, strict=True)),
         "encoder_mean_z2": encoder_calibration(encoder, latents, observations),
+        "fused": fusion_evaluation(args, autoencoder, encoder, observe, device),
     }
 
 
@@ -408,16 +500,23 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
     """The evaluation as flat logged values."""
     values = {f"eval/rmse/{k}": v for k, v in evaluation["reconstruction_rmse"].items()}
     values.update({f"eval/mean_z2/{k}": v for k, v in evaluation["encoder_mean_z2"].items()})
+    for subset, scores in (evaluation.get("fused") or {}).items():
+        values.update({f"eval/fused/{subset}/{k}": v for k, v in scores.items()})
     return values
 
 
 def describe_evaluation(evaluation: dict) -> str:
     rmse = ", ".join(f"{k} {v:.3g}" for k, v in evaluation["reconstruction_rmse"].items())
     z2 = ", ".join(f"{k} {v:.3g}" for k, v in evaluation["encoder_mean_z2"].items())
+    fused = ", ".join(
+        f"{k} {v['mean_z2']:.3g} (mse {v['mse']:.3g})"
+        for k, v in (evaluation.get("fused") or {}).items()
+    )
     return (
         f"stage-1 evaluation on {evaluation['states']} {evaluation['split']!r} states: "
         f"autoencoder reconstruction RMSE [{evaluation['units'] or 'data units'}] {rmse}; "
-        f"encoder calibration, mean z^2 (1 = calibrated) {z2 or 'no observation'}"
+        f"encoder calibration, mean z^2 (1 = calibrated) {z2 or 'no observation'}; "
+        f"fused, mean z^2 {fused or 'not evaluated'}"
     )
 
 

@@ -91,7 +91,7 @@ def pixel_space(data) -> LevelNormalizer:
     )
 
 
-def card_evaluation(stage1: dict) -> dict[str, float] | None:
+def card_evaluation(stage1: dict) -> dict[str, float | str] | None:
     """Stage 1's evaluation (``autoencoder_training.json``) as model-card rows."""
     evaluation = stage1.get("evaluation")
     if not evaluation:
@@ -106,6 +106,14 @@ def card_evaluation(stage1: dict) -> dict[str, float] | None:
         {
             f"{name} encoder calibration, mean z² (1 = calibrated; {where})": value
             for name, value in evaluation["encoder_mean_z2"].items()
+        }
+    )
+    rows.update(
+        {
+            f"{subset} fused posterior, mean z² / MSE ({where}, every modality observed)": (
+                f"{scores['mean_z2']:.3g} / {scores['mse']:.3g}"
+            )
+            for subset, scores in (evaluation.get("fused") or {}).items()
         }
     )
     return rows

@@ -7,6 +7,7 @@ from .observation_encoder import (
     ObservationEncoder,
     ObservationEncoderOutput,
     fuse_gaussians,
+    fuse_likelihoods,
     fuse_posteriors,
 )
 from .score_net import ScoreNet, ScoreNetOutput
@@ -22,5 +23,6 @@ __all__ = [
     "StateAutoencoder",
     "StateAutoencoderOutput",
     "fuse_gaussians",
+    "fuse_likelihoods",
     "fuse_posteriors",
 ]

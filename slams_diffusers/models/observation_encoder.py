@@ -24,7 +24,15 @@ from .layers import (
     validate_spatial_dims,
 )
 
-__all__ = ["ObservationEncoder", "ObservationEncoderOutput", "fuse_gaussians", "fuse_posteriors"]
+__all__ = [
+    "ObservationEncoder",
+    "ObservationEncoderOutput",
+    "error_correlation_matrix",
+    "fuse_gaussians",
+    "fuse_likelihoods",
+    "fuse_posteriors",
+    "posterior_to_likelihood",
+]
 
 LOGVAR_BOUND = 10.0
 
@@ -48,9 +56,102 @@ def fuse_gaussians(
     Right for estimates whose errors are independent; posteriors that share a prior are fused by
     :func:`fuse_posteriors`.
     """
-    mu, neg_lv = _stacked(means, logvars)
+    mu, logvar = _stacked(means, logvars)
+    neg_lv = -logvar
     weights = torch.softmax(neg_lv, dim=0)
     return (weights * mu).sum(0), -torch.logsumexp(neg_lv, dim=0)
+
+
+def posterior_to_likelihood(
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mean: torch.Tensor | float,
+    prior_logvar: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The likelihood ``p(y | z) ∝ p(z | y) / p(z)`` of a Gaussian posterior
+    ``N(mean, exp(logvar))`` under the prior ``N(m_0, v_0)``, elementwise, as a pseudo-observation
+    ``u = z + e``, ``e ~ N(0, 1 / I)`` (docs/method.md §Fusing modalities).
+
+    With precisions ``P = exp(-logvar)``, ``P_0 = 1 / v_0``: ``I = [P − P_0]_+`` and
+    ``u = (P mean − P_0 m_0) / I`` where ``I > 0``; where the posterior is no surer than the prior
+    the observation carries nothing (``I = 0``, ``u = 0``). Returns ``(u, I)``.
+    """
+    precision = torch.exp(-logvar)
+    prior_mean = torch.as_tensor(prior_mean, dtype=precision.dtype, device=precision.device)
+    prior_precision = torch.exp(
+        -torch.as_tensor(prior_logvar, dtype=precision.dtype, device=precision.device)
+    )
+    information = (precision - prior_precision).clamp_min(0.0)
+    informed = information > 0
+    shift = precision * mean - prior_precision * prior_mean
+    u = torch.where(informed, shift / torch.where(informed, information, 1.0), 0.0)
+    return u, information
+
+
+def fuse_likelihoods(
+    means: Sequence[torch.Tensor],
+    precisions: Sequence[torch.Tensor],
+    correlation: torch.Tensor | Sequence[Sequence[float]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Fuse pseudo-observations ``u_m = z + e_m`` of the same ``z``, elementwise, whose errors
+    ``e_m ~ N(0, 1 / I_m)`` may be correlated across modalities (docs/method.md §Fusing
+    modalities): the generalised least-squares estimate.
+
+    With ``S = diag(I_m^{-1/2})`` and the modalities' error correlation ``R`` (``M × M``), the
+    error covariance is ``C = S R S`` and the likelihood of ``z`` given all ``u_m`` is
+    ``N(z; u, 1 / P)`` with ``P = 1ᵀ C⁻¹ 1``, ``u = 1ᵀ C⁻¹ u_{1..M} / P``. ``R = I`` (the default)
+    is the product of independent Gaussians, ``P = Σ_m I_m``; positive correlation gives
+    less information than that: two copies of one error (``ρ → 1``) count once. A modality with
+    ``I_m = 0`` in a cell drops out there, and so do its correlations. Cells nothing informs get
+    ``P = 0`` and ``u = 0``. Returns ``(u, P)``; inputs broadcast together.
+    """
+    u, precision = _stacked(means, precisions)
+    precision = precision.clamp_min(0.0)
+    count = u.shape[0]
+    if correlation is None or count == 1:
+        total = precision.sum(0)
+        weighted = (precision * u).sum(0)
+        return _ratio(weighted, total), total
+    rho = error_correlation_matrix(correlation, count).to(u.dtype).to(u.device)
+    informed = (precision > 0).to(u.dtype)
+    root = precision.sqrt()  # (M, *shape)
+    both = informed[:, None] * informed[None, :]  # (M, M, *shape)
+    eye = torch.eye(count, dtype=u.dtype, device=u.device)
+    view = (count, count) + (1,) * (u.ndim - 1)
+    cell_rho = eye.reshape(view) + (rho - eye).reshape(view) * both
+    inverse = torch.linalg.inv(cell_rho.movedim((0, 1), (-2, -1))).movedim((-2, -1), (0, 1))
+    q = root[:, None] * inverse * root[None, :]  # C⁻¹, (M, M, *shape)
+    total = q.sum((0, 1))
+    weighted = (q * u[None, :]).sum((0, 1))
+    return _ratio(weighted, total), total
+
+
+def error_correlation_matrix(
+    correlation: torch.Tensor | Sequence[Sequence[float]], count: int
+) -> torch.Tensor:
+    """``correlation`` as a float64 ``(count, count)`` tensor, checked: symmetric, unit
+    diagonal, positive definite; ``ValueError`` naming ``correlation`` otherwise."""
+    rho = torch.as_tensor(correlation, dtype=torch.float64)
+    if rho.shape != (count, count) or not bool(torch.isfinite(rho).all()):
+        raise ValueError(
+            f"`correlation` must be a finite {count} x {count} matrix (one row per modality), "
+            f"got shape {tuple(rho.shape)}."
+        )
+    if not torch.allclose(rho, rho.T) or not torch.allclose(
+        rho.diagonal(), torch.ones(count, dtype=torch.float64)
+    ):
+        raise ValueError(
+            f"`correlation` must be symmetric with a unit diagonal, got {rho.tolist()}."
+        )
+    if torch.linalg.cholesky_ex(rho).info != 0:
+        raise ValueError(f"`correlation` must be positive definite, got {rho.tolist()}.")
+    return rho
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` where ``denominator > 0``, 0 elsewhere."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
 
 
 def fuse_posteriors(
@@ -58,54 +159,88 @@ def fuse_posteriors(
     logvars: Sequence[torch.Tensor],
     prior_mean: torch.Tensor | float,
     prior_logvar: torch.Tensor | float,
+    correlation: torch.Tensor | Sequence[Sequence[float]] | None = None,
     include_prior: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Fuse Gaussian posteriors ``p(z | y_m) = N(mean_m, exp(logvar_m))`` that share the prior
     ``p(z) = N(m_0, v_0)``, elementwise (docs/method.md §Fusing modalities).
 
-    With the ``y_m`` conditionally independent given ``z``,
-    ``p(z | y_1..y_M) ∝ p(z) Π_m p(z | y_m) / p(z)``: each posterior is divided by the prior and
-    the prior is counted once. (Their errors are correlated through the prior they all shrink
-    towards; :func:`fuse_gaussians` would count it ``M`` times and be over-confident.) With
-    precisions ``P_m = exp(-logvar_m)``, ``P_0 = 1 / v_0``, modality ``m`` brings the information
-    ``I_m = [P_m − P_0]_+`` and ``a_m = P_m mean_m − P_0 m_0`` where ``I_m > 0`` (0 elsewhere:
-    an encoder no surer than the prior adds nothing), and
+    ``p(z | y_1..y_M) ∝ p(z) p(y_1..y_M | z)``: each posterior is turned into its likelihood
+    (:func:`posterior_to_likelihood`, the prior divided out), the likelihoods are fused with
+    their error ``correlation`` (:func:`fuse_likelihoods`; ``None``: conditionally independent,
+    ``p(z) Π_m p(z | y_m) / p(z)``) and the prior is counted once. (The posteriors' errors are
+    correlated through the prior they all shrink towards; :func:`fuse_gaussians` would count it
+    ``M`` times and be over-confident.) With the fused likelihood ``N(z; u, 1 / P_y)``:
+    ``P = P_0 + P_y``, ``mean = (P_0 m_0 + P_y u) / P``.
 
-    ``P = P_0 + Σ_m I_m``, ``mean = (P_0 m_0 + Σ_m a_m) / P``.
-
-    ``include_prior=False`` gives the likelihood ``Π_m p(z | y_m) / p(z)`` alone as a Gaussian in
-    ``z``: ``P = Σ_m I_m`` floored at ``exp(-LOGVAR_BOUND)`` (a cell nothing informs gets a
-    variance of ``exp(LOGVAR_BOUND)`` and a pull ``Σ_m a_m`` that is 0), ``mean = Σ_m a_m / P``.
-    Returns ``(mean, logvar)``; inputs broadcast together.
+    ``include_prior=False`` gives the likelihood alone as a Gaussian in ``z``: ``P = P_y``
+    floored at ``exp(-LOGVAR_BOUND)`` (a cell nothing informs gets a variance of
+    ``exp(LOGVAR_BOUND)`` and mean 0). Returns ``(mean, logvar)``; inputs broadcast together.
     """
-    mu, neg_lv = _stacked(means, logvars)
-    prior_mean = torch.as_tensor(prior_mean, dtype=mu.dtype, device=mu.device)
-    prior_precision = torch.exp(-torch.as_tensor(prior_logvar, dtype=mu.dtype, device=mu.device))
-    precision = neg_lv.exp()
-    information = (precision - prior_precision).clamp_min(0.0)
-    informed = information > 0
-    shift = torch.where(informed, precision * mu - prior_precision * prior_mean, 0.0).sum(0)
-    information = information.sum(0)
+    pairs = [
+        posterior_to_likelihood(m, lv, prior_mean, prior_logvar)
+        for m, lv in zip(means, logvars, strict=True)
+    ]
+    u, information = fuse_likelihoods([p[0] for p in pairs], [p[1] for p in pairs], correlation)
     if include_prior:
+        prior_mean = torch.as_tensor(prior_mean, dtype=u.dtype, device=u.device)
+        prior_precision = torch.exp(-torch.as_tensor(prior_logvar, dtype=u.dtype, device=u.device))
         total = prior_precision + information
-        return (prior_precision * prior_mean + shift) / total, -total.log()
+        return (prior_precision * prior_mean + information * u) / total, -total.log()
     total = information.clamp_min(math.exp(-LOGVAR_BOUND))
-    return shift / total, -total.log()
+    return information * u / total, -total.log()
 
 
 def _stacked(
-    means: Sequence[torch.Tensor], logvars: Sequence[torch.Tensor]
+    means: Sequence[torch.Tensor], spreads: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(means, -logvars)`` stacked on a new first axis, broadcast together."""
-    if len(means) == 0 or len(means) != len(logvars):
+    """``means`` and their ``spreads`` (log-variances or precisions) each stacked on a new first
+    axis, broadcast together."""
+    if len(means) == 0 or len(means) != len(spreads):
         raise ValueError(
-            "`means` and `logvars` must be non-empty and of equal length, got "
-            f"{len(means)} and {len(logvars)}."
+            "`means` and their log-variances or precisions must be non-empty and of equal "
+            f"length, got {len(means)} and {len(spreads)}."
         )
-    shape = torch.broadcast_shapes(*[m.shape for m in means], *[lv.shape for lv in logvars])
-    mu = torch.stack([m.expand(shape) for m in means])
-    neg_lv = -torch.stack([lv.expand(shape) for lv in logvars])
-    return mu, neg_lv
+    shape = torch.broadcast_shapes(*[m.shape for m in means], *[s.shape for s in spreads])
+    return (
+        torch.stack([m.expand(shape) for m in means]),
+        torch.stack([s.expand(shape) for s in spreads]),
+    )
+
+
+def _pairwise_correlation(
+    correlation: Mapping[str, Mapping[str, float]] | None, modalities: Mapping[str, Any]
+) -> dict[str, dict[str, float]] | None:
+    """``modality_error_correlation`` checked (known names, |ρ| < 1, symmetric, positive
+    definite) and written out symmetric, sorted; ``None`` stays ``None``."""
+    if correlation is None:
+        return None
+    names = sorted(modalities)
+    if not isinstance(correlation, Mapping) or any(
+        a not in modalities or not isinstance(row, Mapping) or any(b not in modalities for b in row)
+        for a, row in correlation.items()
+    ):
+        raise ValueError(
+            f"`modality_error_correlation` must be {{name: {{other: rho}}}} over the modalities "
+            f"{names}, got {correlation!r}."
+        )
+    rho = torch.eye(len(names), dtype=torch.float64)
+    for a, row in correlation.items():
+        for b, value in row.items():
+            i, j = names.index(a), names.index(b)
+            if i == j:
+                continue
+            other = correlation.get(b, {}).get(a)
+            if other is not None and not math.isclose(float(other), float(value), abs_tol=1e-9):
+                raise ValueError(
+                    f"`modality_error_correlation` must be symmetric: {a}/{b} is {value}, "
+                    f"{b}/{a} is {other}."
+                )
+            rho[i, j] = rho[j, i] = float(value)
+    error_correlation_matrix(rho, len(names))  # positive definite, finite
+    return {
+        a: {b: float(rho[i, j]) for j, b in enumerate(names) if j != i} for i, a in enumerate(names)
+    }
 
 
 class _ModalityEncoder(nn.Module):
@@ -197,7 +332,8 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
     *latent_shape)``, ``logvar_m = 10 tanh(raw / 10)`` in (-10, 10): the posterior
     ``p(z | y_m)`` of the latent cell (trained by Gaussian NLL against the true state's latent).
     ``forward`` fuses the modalities given with :func:`fuse_posteriors` under the latent prior
-    ``N(latent_prior_mean, latent_prior_std²)`` per channel, in sorted-name order.
+    ``N(latent_prior_mean, latent_prior_std²)`` per channel, with the correlation of their
+    likelihoods' errors ``modality_error_correlation``, in sorted-name order.
 
     Args:
         modalities: ``{name: {"in_channels": C, "input_mean": list | None,
@@ -212,6 +348,10 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         latent_prior_mean, latent_prior_std: per latent channel, the marginal distribution of
             the training states' latents (what the encoders' posteriors shrink towards; stage-1
             training sets them); ``None``: 0 and 1, the unit-variance scaled latent.
+        modality_error_correlation: ``{name: {other: ρ}}``, the correlation between the errors
+            of two modalities' likelihoods (pseudo-observations of ``z``, prior divided out),
+            fitted on held-out data by stage-1 training (``fit_modality_error_correlation``);
+            pairs not given, or ``None``: 0, conditionally independent modalities.
     """
 
     @register_to_config
@@ -224,6 +364,7 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         periodic: bool = False,
         latent_prior_mean: list[float] | None = None,
         latent_prior_std: list[float] | None = None,
+        modality_error_correlation: dict[str, dict[str, float]] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -255,6 +396,7 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             modalities=clean,
             latent_prior_mean=None if latent_prior_mean is None else prior_mean,
             latent_prior_std=None if latent_prior_std is None else prior_std,
+            modality_error_correlation=_pairwise_correlation(modality_error_correlation, clean),
         )
         self.encoders = nn.ModuleDict(encoders)
 
@@ -275,6 +417,18 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         mean = torch.tensor(mean, dtype=dtype, device=device).reshape(view)
         logvar = 2 * torch.tensor(std, dtype=dtype, device=device).log().reshape(view)
         return mean, logvar
+
+    def error_correlation(self, names: Sequence[str]) -> torch.Tensor | None:
+        """The correlation ``(M, M)`` of the likelihood errors of the modalities ``names`` (in
+        that order; the same name twice: two independent observations of one modality), or
+        ``None`` when they are all uncorrelated."""
+        pairs = self.config.modality_error_correlation or {}
+        rho = torch.eye(len(names), dtype=torch.float64)
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if a != b:
+                    rho[i, j] = float(pairs.get(a, {}).get(b, 0.0))
+        return None if torch.equal(rho, torch.eye(len(names), dtype=torch.float64)) else rho
 
     def reference_noise_std(self, name: str) -> float:
         """The observation error std modality ``name``'s predicted variance is calibrated for."""
@@ -344,9 +498,8 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
                 f"Unknown modality {unknown} in `inputs`; known modalities: {self.modality_names}."
             )
         means, logvars = [], []
-        for name in self.modality_names:  # fixed order: results do not depend on dict order
-            if name not in inputs:
-                continue
+        names = [name for name in self.modality_names if name in inputs]  # fixed order
+        for name in names:
             pair = inputs[name]
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise ValueError(f"`inputs[{name!r}]` must be a (values, mask) pair.")
@@ -354,7 +507,9 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             means.append(mean)
             logvars.append(logvar)
         prior_mean, prior_logvar = self.latent_prior(means[0].dtype, means[0].device)
-        mean, logvar = fuse_posteriors(means, logvars, prior_mean, prior_logvar)
+        mean, logvar = fuse_posteriors(
+            means, logvars, prior_mean, prior_logvar, self.error_correlation(names)
+        )
         if not return_dict:
             return mean, logvar
         return ObservationEncoderOutput(mean=mean, logvar=logvar)
