@@ -126,6 +126,11 @@ def _background_error(args: argparse.Namespace, pipe, levels: int):
         raise ValueError(
             "--background-error-std and --background-covariance: give one of them, not both"
         )
+    if args.background_error_length_scale is not None and args.background_error_std is None:
+        raise ValueError(
+            "--background-error-length-scale: correlates the errors of --background-error-std; "
+            "give both (or a saved covariance with --background-covariance)"
+        )
     if args.background_error_std is not None:
         std = args.background_error_std
         if len(std) not in (1, levels):
@@ -227,6 +232,7 @@ def _assimilate(args: argparse.Namespace) -> int:
                     **({} if args.analysis is None else {"analysis": args.analysis}),
                     background_error_std=std,
                     background_error_covariance=covariance,
+                    background_error_length_scale=args.background_error_length_scale,
                     generator=member_generators(args.seed, w, args.members),
                     output_type="xarray",
                 )
@@ -653,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="K: one value, or one per level",
+    )
+    add(
+        "--background-error-length-scale",
+        type=_positive_float,
+        default=None,
+        help="grid cells: the errors of --background-error-std correlated horizontally as "
+        "exp(-r^2 / 2L^2) (without it B is white: the background's large scales count as exact)",
     )
     add("--background-covariance", default=None, help="folder of a saved covariance (B)")
     add(

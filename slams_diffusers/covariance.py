@@ -24,6 +24,7 @@ buffers, so ``save_pretrained`` / ``from_pretrained`` round-trip them exactly th
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -330,6 +331,15 @@ class DiagonalCovariance(BackgroundCovariance):
 
 # --------------------------------------------------------------------------- spectral
 
+_CORRELATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gaussian": lambda r: torch.exp(-0.5 * r.square()),
+    "soar": lambda r: (1 + r) * torch.exp(-r),
+}
+"""Correlation functions ``c(r / L)`` of :meth:`SpectralCovariance.from_length_scale`."""
+
+IMAGE_OFFSETS = torch.arange(-2, 3, dtype=torch.float64)
+"""The periodic images ``n`` (per axis) over which ``from_length_scale`` sums ``c(r + n N)``."""
+
 
 class SpectralCovariance(BackgroundCovariance):
     r"""Homogeneous errors on a periodic grid: ``B = F^H diag_k(C(k)) F``.
@@ -471,6 +481,90 @@ class SpectralCovariance(BackgroundCovariance):
             result = outer.reshape(*grid, levels, levels)
         cov.spectrum = (0.5 * (result + result.transpose(-1, -2))).contiguous()
         return cov
+
+    @classmethod
+    def from_length_scale(
+        cls,
+        std: float | Sequence[float] | Tensor,
+        length_scale: float,
+        grid_shape: Sequence[int],
+        levels: int | None = None,
+        correlation: str = "gaussian",
+        grid_spacing: float | Sequence[float] = 1.0,
+        level_correlation: Tensor | Sequence[Sequence[float]] | None = None,
+    ) -> SpectralCovariance:
+        r"""``B`` with standard deviation ``std`` per level and a horizontal correlation of
+        length ``L = length_scale`` (docs/method.md §Background covariance): the shorthand for
+        an error whose large scales are as uncertain as its small ones are not.
+
+        ``B_{(l, i), (m, j)} = σ_l σ_m R_{lm} c(r_{ij})`` with ``r`` the periodic (nearest-image)
+        distance between cells ``i`` and ``j`` in the units of ``grid_spacing`` (one value, or one
+        per spatial axis, e.g. km per cell; ``length_scale`` in the same units: cells by
+        default), ``R`` = ``level_correlation`` (default ``I``) and
+
+        - ``"gaussian"``: ``c(r) = exp(−r² / (2 L²))``,
+        - ``"soar"`` (second-order auto-regressive): ``c(r) = (1 + r / L) exp(−r / L)``.
+
+        The covariance is circulant, so ``C(k) = ĉ(k) diag(σ) R diag(σ)`` with ``ĉ`` the DFT of
+        ``c`` on the grid (one matrix per wavenumber, ``isotropic=False``): the draws' correlation
+        at every grid lag is ``c`` itself. Negative ``ĉ(k)`` (a correlation too long for the
+        domain) are set to 0 and ``ĉ`` rescaled so that the variance stays ``σ²``.
+        """
+        grid = tuple(_as_grid_shape(grid_shape))
+        sd = len(grid)
+        sigma = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+        if levels is None:
+            levels = sigma.numel()
+        levels = _as_int(levels, "levels", minimum=1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(levels)
+        if sigma.numel() != levels or not bool(torch.isfinite(sigma).all()) or (sigma < 0).any():
+            raise ValueError(
+                f"std: expected a scalar or {levels} finite values >= 0 (one per level), got "
+                f"{sigma.tolist()}"
+            )
+        length = float(length_scale) if isinstance(length_scale, (int, float)) else math.nan
+        if not math.isfinite(length) or length <= 0:
+            raise ValueError(f"length_scale: expected a positive number, got {length_scale!r}")
+        if correlation not in _CORRELATION_FUNCTIONS:
+            raise ValueError(
+                f"correlation: expected one of {sorted(_CORRELATION_FUNCTIONS)}, got "
+                f"{correlation!r}"
+            )
+        spacing = torch.as_tensor(grid_spacing, dtype=torch.float64).reshape(-1).expand(sd)
+        if not bool(torch.isfinite(spacing).all()) or bool((spacing <= 0).any()):
+            raise ValueError(
+                f"grid_spacing: expected one positive value or one per spatial axis ({sd}), got "
+                f"{grid_spacing!r}"
+            )
+        if level_correlation is None:
+            rho = torch.eye(levels, dtype=torch.float64)
+        else:
+            rho = torch.as_tensor(level_correlation, dtype=torch.float64)
+            if (
+                rho.shape != (levels, levels)
+                or not torch.allclose(rho, rho.T)
+                or not torch.allclose(rho.diagonal(), torch.ones(levels, dtype=torch.float64))
+                or float(torch.linalg.eigvalsh(rho).min()) < -1e-10
+            ):
+                raise ValueError(
+                    f"level_correlation: expected a symmetric positive semi-definite {levels} x "
+                    f"{levels} matrix with a unit diagonal, got {rho.tolist()}"
+                )
+        # c periodised over the images of the domain (positive definite on the torus), then
+        # normalised to 1 at r = 0
+        axes = [
+            torch.arange(n, dtype=torch.float64)[None] - n * IMAGE_OFFSETS[:, None] for n in grid
+        ]
+        kernel = torch.zeros(grid, dtype=torch.float64)
+        for shifted in itertools.product(*axes):
+            mesh = torch.meshgrid(*shifted, indexing="ij")
+            distance = torch.sqrt(sum((m * spacing[i]).square() for i, m in enumerate(mesh)))
+            kernel = kernel + _CORRELATION_FUNCTIONS[correlation](distance / length)
+        kernel = kernel / kernel.reshape(-1)[0]
+        spectrum = torch.fft.fftn(kernel).real.clamp_min(0)  # ĉ(k), real: c is even
+        block = sigma[:, None] * rho * sigma[None, :]
+        return cls.from_spectrum(spectrum[..., None, None] * block, grid, isotropic=False)
 
     # -- eigendecomposition (cached) -----------------------------------------------
 

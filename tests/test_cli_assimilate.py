@@ -115,6 +115,30 @@ def test_the_file_analysis_is_the_python_api_analysis(files, one_process):
     assert not np.allclose(written["members"].values[:, :5], written["members"].values[:, 5:])
 
 
+def test_the_length_scale_flag_reaches_the_pipeline(files, tmp_path):
+    """``--background-error-length-scale 4`` is ``background_error_length_scale=4.0`` of the Python
+    API: the same first window (to float32 round-off of the positions' round trip, as above)."""
+    out = tmp_path / "correlated.nc"
+    argv = assimilate_argv(files["folder"], out, "--background-error-length-scale", "4")
+    assert main(argv) == 0
+    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+    pipe.set_progress_bar_config(disable=True)
+    background = xr.open_dataset(files["folder"] / "background.nc")["t"]
+    window = slice(0, 5)
+    expected = pipe(
+        background=background.isel(time=window),
+        observations=window_observations(files["observations"], window),
+        num_members=MEMBERS,
+        num_inference_steps=STEPS,
+        background_error_std=1.0,
+        background_error_length_scale=4.0,
+        generator=member_generators(7, 0, MEMBERS),
+        output_type="pt",
+    ).members
+    written = xr.load_dataset(out)["members"].isel(time=window).values
+    np.testing.assert_allclose(written, expected.numpy(), rtol=0, atol=1e-4)
+
+
 def test_the_file_carries_the_background_coordinates_and_attributes(files, one_process):
     written = xr.load_dataset(one_process)
     truth = files["truth"]

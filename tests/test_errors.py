@@ -171,6 +171,15 @@ def test_no_background_error_is_refused(folder, capsys):
     assert "--background-error-std or --background-covariance" in line
 
 
+def test_a_length_scale_without_a_background_error_is_refused(folder, capsys):
+    line = one_line_error(
+        assimilate(folder, "--background-error-length-scale", "4", std=False), capsys
+    )
+    assert (
+        "--background-error-length-scale: correlates the errors of --background-error-std" in line
+    )
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
 def test_non_positive_background_error_is_an_argument_error(folder, capsys, value):
     with pytest.raises(SystemExit) as exit_:

@@ -11,7 +11,7 @@ from slams_diffusers.data.qg import simulate_dataset
 from slams_diffusers.data.testbed import assimilation_cases
 
 
-def test_a_default_assimilation_is_quiet(capfd):
+def test_a_default_assimilation_is_quiet(capfd, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
@@ -22,6 +22,7 @@ def test_a_default_assimilation_is_quiet(capfd):
             background=case.background,
             observations=case.observations,
             background_error_std=1.0,
+            background_error_length_scale=4.0,  # a white B would warn (a trap, not an error)
             num_members=2,
             num_inference_steps=4,
             generator=[torch.Generator().manual_seed(m) for m in range(2)],
@@ -31,5 +32,6 @@ def test_a_default_assimilation_is_quiet(capfd):
     # default filters outside tests; everything else would reach the user
     shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
     assert not shown, [f"{w.category.__name__}: {w.message}" for w in shown]
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     captured = capfd.readouterr()
     assert "warn" not in (captured.out + captured.err).lower(), captured

@@ -255,3 +255,45 @@ def test_diagonal_covariance_is_stable_on_the_latent_route(embedded, background_
     assert torch.isfinite(out.members).all()
     error = float(rmse(out.members.mean(0), truth))
     assert error < 1.5 * float(rmse(background, truth)), error
+
+
+def test_a_length_scale_correlates_the_background_error_and_a_white_b_warns(embedded, caplog):
+    """``background_error_length_scale`` makes ``B`` the Gaussian-correlated
+    ``SpectralCovariance.from_length_scale`` (the same members as passing that covariance), with
+    no warning; ``background_error_std`` alone (white ``B``) on a gridded state warns in one line
+    and says what to pass instead; misuse raises ValueErrors naming the argument."""
+    background, truth, generator = _synthetic_window(seed=2)
+    stations = _stations(truth, generator, 0.5)
+    std = [2.0, 1.5, 1.0, 0.8, 0.7]
+
+    def run(**kwargs):
+        return embedded(
+            background=background,
+            observations=[stations],
+            num_members=2,
+            num_inference_steps=4,
+            corrector_steps=0,
+            generator=[torch.Generator().manual_seed(m) for m in range(2)],
+            output_type="pt",
+            **kwargs,
+        ).members
+
+    shorthand = run(background_error_std=std, background_error_length_scale=4.0)
+    assert not [r for r in caplog.records if "white" in r.getMessage()]
+    declared = SpectralCovariance.from_length_scale(std, 4.0, (64, 64))
+    assert torch.equal(shorthand, run(background_error_covariance=declared))
+    white = run(background_error_std=std)
+    message = [r.getMessage() for r in caplog.records if "white" in r.getMessage()]
+    assert len(message) == 1 and "background_error_length_scale" in message[0], message
+    assert "\n" not in message[0] and message[0].startswith("A white background-error")
+    assert not torch.allclose(white, shorthand, atol=1e-3)
+    for kwargs, match in (
+        ({"background_error_std": 1.0, "background_error_length_scale": -1.0}, "length_scale"),
+        ({"background_error_std": [1.0, 2.0], "background_error_length_scale": 4.0}, "per level"),
+        (
+            {"background_error_covariance": declared, "background_error_length_scale": 4.0},
+            "background_error_length_scale",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run(**kwargs)

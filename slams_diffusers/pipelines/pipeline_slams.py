@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
-from ..covariance import DiagonalCovariance
+from ..covariance import DiagonalCovariance, SpectralCovariance
 from ..guidance import (
     GaussianTerm,
     GuidedScore,
@@ -592,9 +593,44 @@ class SLAMSPipeline(DiffusionPipeline):
         return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
 
     # ------------------------------------------------------------------ call
-    def _background_covariance(self, background_error_std, background_error_covariance, grid):
-        """``B``: the declared covariance, else the diagonal of ``background_error_std``, else the
-        pipeline's ``background_covariance``, else 1 K white."""
+    def _background_covariance(
+        self, background_error_std, background_error_covariance, background_error_length_scale, grid
+    ):
+        """``B``: the declared covariance, else ``background_error_std`` with a horizontal
+        correlation of ``background_error_length_scale`` cells
+        (:meth:`~slams_diffusers.covariance.SpectralCovariance.from_length_scale`, Gaussian), else
+        its diagonal, else the pipeline's ``background_covariance``, else 1 K white. A white
+        ``B`` for a state with horizontal extent gets a warning: it declares the background's
+        large scales nearly exact."""
+        if background_error_length_scale is not None:
+            if background_error_covariance is not None:
+                raise ValueError(
+                    "`background_error_length_scale` shapes `background_error_std`; with "
+                    "`background_error_covariance` give neither of them."
+                )
+            if not grid.space:
+                raise ValueError(
+                    "`background_error_length_scale` needs a state with horizontal extent; "
+                    f"this background is a column {(grid.levels,)}: give `background_error_std`."
+                )
+            length = background_error_length_scale
+            if isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0:
+                raise ValueError(
+                    "`background_error_length_scale` must be a positive number of grid cells, "
+                    f"got {length!r}"
+                )
+            std = 1.0 if background_error_std is None else background_error_std
+            std = torch.as_tensor(std, dtype=torch.float64)
+            if std.numel() not in (1, grid.levels):
+                raise ValueError(
+                    "`background_error_std` with `background_error_length_scale` must be a scalar "
+                    f"or one value per level ({grid.levels}), got shape {tuple(std.shape)}"
+                )
+            if (std < 0).any() or not torch.isfinite(std).all():
+                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
+            return SpectralCovariance.from_length_scale(
+                std.reshape(-1), float(length), grid.space, levels=grid.levels
+            )
         if background_error_covariance is None and background_error_std is None:
             background_error_covariance = self.background_covariance
         if background_error_covariance is None:
@@ -612,7 +648,18 @@ class SLAMSPipeline(DiffusionPipeline):
                 ) from error
             if (std < 0).any() or not torch.isfinite(std).all():
                 raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
-            return DiagonalCovariance.from_std(std, grid.levels, grid.space)
+            background_error_covariance = DiagonalCovariance.from_std(std, grid.levels, grid.space)
+        if (
+            isinstance(background_error_covariance, DiagonalCovariance)
+            and math.prod(grid.space) > 1
+        ):
+            logger.warning(
+                "A white background-error covariance (errors uncorrelated between grid cells) "
+                "declares the background's large scales nearly exact, so the analysis barely "
+                "moves them; if its errors are correlated, pass `background_error_length_scale` "
+                "(grid cells) with `background_error_std`, or a SpectralCovariance "
+                "(estimate_background_covariance)."
+            )
         for name in ("apply", "solve", "sample", "variance"):
             if not callable(getattr(background_error_covariance, name, None)):
                 raise ValueError(
@@ -706,6 +753,7 @@ class SLAMSPipeline(DiffusionPipeline):
         cg_iterations: int = 3,
         background_error_std: float | Sequence[float] | Tensor | None = None,
         background_error_covariance: Any = None,
+        background_error_length_scale: float | None = None,
         analysis: str = "auto",
         climatology_snr: tuple[float, float] | None = (0.05, 0.2),
         num_frames: int | None = None,
@@ -737,11 +785,17 @@ class SLAMSPipeline(DiffusionPipeline):
             gamma: γ of the diagonal covariance ``γ (sigma_t/alpha_t)² I`` in normalised units
                 (fractions of the climatological variance), whatever the observations' units.
             cg_iterations: conjugate-gradient iterations of moment matching.
-            background_error_std: ``σ_b`` (K): a scalar, one per level or per cell; a diagonal
-                ``B``. Default: the pipeline's ``background_covariance``, else 1 K.
+            background_error_std: ``σ_b`` (K): a scalar, one per level or per cell; alone, a
+                diagonal (white) ``B``, which warns for a gridded state. Default: the pipeline's
+                ``background_covariance``, else 1 K.
             background_error_covariance: ``B`` as a covariance object
                 (:class:`~slams_diffusers.covariance.SpectralCovariance`, ...); wins over
                 ``background_error_std``.
+            background_error_length_scale: ``L`` (grid cells): errors of std
+                ``background_error_std`` (scalar or per level) correlated horizontally as
+                ``exp(−r² / 2L²)`` (:meth:`SpectralCovariance.from_length_scale`, whose options
+                — SOAR, km, a vertical correlation — a ``background_error_covariance`` built
+                with it takes).
             analysis: how latents become states (docs/method.md §Analysis): ``"full"``
                 (``D(z_a)``), ``"incremental"`` (``x_b + D(z_a) − D(E(x_b))``), ``"filtered"``
                 (``D(z_a)`` plus a draw of the posterior of the part the autoencoder cannot
@@ -789,7 +843,10 @@ class SLAMSPipeline(DiffusionPipeline):
         observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
             covariance = self._background_covariance(
-                background_error_std, background_error_covariance, grid
+                background_error_std,
+                background_error_covariance,
+                background_error_length_scale,
+                grid,
             )
             std = covariance.variance().sqrt().to(background)
             observations += [
