@@ -11,6 +11,7 @@ ends with the same weights.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -55,7 +56,7 @@ __all__ = [
     "check_split_gap",
     "reconstruction_rmse",
     "encoder_calibration",
-    "fit_modality_error_correlation",
+    "fit_likelihood_calibration",
     "fused_calibration",
     "latent_prior_statistics",
     "machine_description",
@@ -121,6 +122,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="every N steps, the loss on fixed batches of --eval_split with the EMA weights",
     )
     add("--validation_batches", type=int, default=4, help="fixed batches of the validation loss")
+    add(
+        "--snapshot_steps",
+        type=int,
+        default=0,
+        help="every N steps, the model's EMA weights as OUTPUT_DIR/snapshots/step-N (a "
+        "save_pretrained folder: the training-budget study); 0: none",
+    )
     add("--report_to", default="tensorboard", help="tensorboard, all or none")
     add("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
     add("--push_to_hub", action="store_true")
@@ -162,6 +170,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.snapshot_steps < 0:
+        raise ValueError(f"--snapshot_steps must be >= 0, got {args.snapshot_steps}")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME")
     for name in ("split", "eval_split"):
@@ -485,11 +495,11 @@ def encoder_calibration(
 
 def _likelihood_errors(
     encoder: nn.Module, latent: Tensor, observations: Sequence[Observation]
-) -> dict[str, tuple[Tensor, Tensor]]:
+) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """Per modality observed in ``observations`` (of the state whose latent is ``latent``
-    ``(c, *latent)``): the normalised error ``(u − z) √I`` of its likelihood's pseudo-observation
-    (:func:`~slams_diffusers.models.observation_encoder.posterior_to_likelihood`) and where it
-    informs (``I > 0``), in float64."""
+    ``(c, *latent)``), over the latent cells it informs: its likelihood's error ``u − z``, the
+    error variance ``1 / I_0`` the encoder claims and the gain ``g = P / I_0``
+    (:func:`~slams_diffusers.models.observation_encoder.posterior_to_likelihood`), float64."""
     encoder = _unwrap(encoder)
     prior_mean, prior_logvar = encoder.latent_prior(torch.float64, latent.device)
     errors = {}
@@ -504,59 +514,100 @@ def _likelihood_errors(
                 mask[None].to(latent.device, latent.dtype),
                 tuple(latent.shape[1:]),
             )
-            u, information = posterior_to_likelihood(
-                mean[0].double(), logvar[0].double(), prior_mean, prior_logvar
-            )
+            mean, logvar = mean[0].double(), logvar[0].double()
+            u, information = posterior_to_likelihood(mean, logvar, prior_mean, prior_logvar)
+            informed = information > 0
             errors[observation.modality] = (
-                (u - latent.double()) * information.sqrt(),
-                information > 0,
+                (u - latent.double())[informed],
+                1 / information[informed],
+                torch.exp(-logvar)[informed] / information[informed],
+                informed,
             )
     return errors
 
 
-def fit_modality_error_correlation(
+def fit_likelihood_calibration(
     encoder: nn.Module, latents: Tensor, observations: Sequence[Sequence[Observation]]
-) -> dict[str, dict[str, float]]:
-    r"""The correlation of the modalities' likelihood errors, fitted on held-out cases
-    (docs/method.md §Fusing modalities): for each pair of modalities observed together,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    r"""The encoders' likelihoods calibrated on held-out cases (docs/method.md §Fusing
+    modalities): per modality the approximation variance ``τ_m²`` of its posterior mean, then the
+    correlation of the modalities' likelihood errors.
+
+    With ``d = u − z`` (``z = E(x)``), the claimed variance ``1 / I_0`` and the gain
+    ``g = P / I_0`` per latent cell the modality informs, ``τ_m² >= 0`` solves
+
+    .. math:: \operatorname{mean}\, \frac{d^2}{1 / I_0 + g^2 \tau_m^2} = 1
+
+    (0 when the encoder is not over-confident; bisection in ``log τ²``). Then, with
+    ``ε_m = d / \sqrt{1 / I_0 + g^2 τ_m^2}``, for each pair observed together
 
     .. math:: \rho_{mn} = \frac{\sum \varepsilon_m \varepsilon_n}
-              {\sqrt{\sum \varepsilon_m^2 \sum \varepsilon_n^2}},\quad
-              \varepsilon_m = (u_m - z)\sqrt{I_m},
+              {\sqrt{\sum \varepsilon_m^2 \sum \varepsilon_n^2}}
 
-    over the latent cells both inform and the cases (``observations[b]`` observe the state of
-    latent ``latents[b]``), ``z = E(x)``. The matrix is shrunk towards the identity until it is
-    positive definite (factors 0.9, 0.81, …). Returns ``{name: {other: ρ}}`` for
-    ``ObservationEncoder(modality_error_correlation=...)``; pairs never observed together are
-    left out (uncorrelated).
+    over the cells both inform and the cases (``observations[b]`` observe the state of latent
+    ``latents[b]``); the matrix is shrunk towards the identity until positive definite (factors
+    0.9, 0.81, …). Returns ``({name: τ²}, {name: {other: ρ}})`` for
+    ``ObservationEncoder(modality_approximation_variance=..., modality_error_correlation=...)``;
+    pairs never observed together are left out (uncorrelated).
     """
+    cases = [
+        _likelihood_errors(encoder, latent, items)
+        for latent, items in zip(latents, observations, strict=True)
+    ]
+    names = sorted({name for case in cases for name in case})
+    variances = {}
+    for name in names:
+        d, claimed, gain = (torch.cat([c[name][k] for c in cases if name in c]) for k in range(3))
+        variances[name] = _approximation_variance(d.square(), claimed, gain.square())
     sums: dict[tuple[str, str], list[float]] = {}
-    for latent, items in zip(latents, observations, strict=True):
-        errors = _likelihood_errors(encoder, latent, items)
-        names = sorted(errors)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                both = errors[a][1] & errors[b][1]
-                ea, eb = errors[a][0][both], errors[b][0][both]
+    for case in cases:
+        normalised = {}
+        for name, (d, claimed, gain, informed) in case.items():
+            full = torch.zeros(informed.shape, dtype=torch.float64)
+            full[informed] = d / torch.sqrt(claimed + gain.square() * variances[name])
+            normalised[name] = (full, informed)
+        present = sorted(normalised)
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
+                both = normalised[a][1] & normalised[b][1]
+                ea, eb = normalised[a][0][both], normalised[b][0][both]
                 entry = sums.setdefault((a, b), [0.0, 0.0, 0.0])
                 entry[0] += float((ea * eb).sum())
                 entry[1] += float(ea.square().sum())
                 entry[2] += float(eb.square().sum())
-    names = sorted({name for pair in sums for name in pair})
-    rho = torch.eye(len(names), dtype=torch.float64)
+    paired = sorted({name for pair in sums for name in pair})
+    rho = torch.eye(len(paired), dtype=torch.float64)
     for (a, b), (cross, aa, bb) in sums.items():
         if aa > 0 and bb > 0:
-            i, j = names.index(a), names.index(b)
+            i, j = paired.index(a), paired.index(b)
             rho[i, j] = rho[j, i] = cross / math.sqrt(aa * bb)
-    eye = torch.eye(len(names), dtype=torch.float64)
+    eye = torch.eye(len(paired), dtype=torch.float64)
     while torch.linalg.cholesky_ex(rho).info != 0 or float(rho.sub(eye).abs().max()) >= 1:
         rho = 0.9 * rho + 0.1 * eye
-    error_correlation_matrix(rho, len(names))
+    error_correlation_matrix(rho, len(paired))
     pairs = {frozenset(pair) for pair in sums}
-    return {
-        a: {b: float(rho[i, j]) for j, b in enumerate(names) if frozenset((a, b)) in pairs}
-        for i, a in enumerate(names)
+    correlation = {
+        a: {b: float(rho[i, j]) for j, b in enumerate(paired) if frozenset((a, b)) in pairs}
+        for i, a in enumerate(paired)
     }
+    return variances, correlation
+
+
+def _approximation_variance(squared: Tensor, claimed: Tensor, gain2: Tensor) -> float:
+    """``τ² >= 0`` with ``mean(squared / (claimed + gain2 τ²)) = 1`` (0 if already <= 1)."""
+
+    def excess(tau2: float) -> float:
+        return float((squared / (claimed + gain2 * tau2)).mean()) - 1
+
+    if squared.numel() == 0 or excess(0.0) <= 0:
+        return 0.0
+    low, high = -30.0, 10.0  # log τ², latent units (unit-variance latent)
+    if excess(math.exp(high)) > 0:
+        return math.exp(high)
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if excess(math.exp(middle)) > 0 else (low, middle)
+    return math.exp(high)
 
 
 def fused_calibration(
@@ -815,6 +866,7 @@ def optimise(
     items_per_micro_step: int,
     phase: str,
     validate: Callable[[], float] | None = None,
+    snapshot: Callable[[Path], None] | None = None,
 ) -> None:
     """Run optimisation steps ``progress.step .. stop - 1`` of ``model``.
 
@@ -824,7 +876,8 @@ def optimise(
     ``--logging_steps`` and checkpoints every ``--checkpointing_steps`` (and at ``stop``). Every
     ``--validation_steps`` (and at ``stop``) it logs ``validate()`` — a loss on fixed held-out
     batches — computed with the EMA weights, and the run's wall time so far (``wall_seconds``,
-    carried across resumes): the training curves.
+    carried across resumes): the training curves. Every ``--snapshot_steps`` (if > 0) the main
+    process calls ``snapshot(OUTPUT_DIR/snapshots/step-N)`` with the EMA weights in ``model``.
     """
     from tqdm.auto import tqdm
 
@@ -869,10 +922,16 @@ def optimise(
             if validate is not None and (
                 progress.step % args.validation_steps == 0 or progress.step == stop
             ):
-                values[f"{phase}/val_loss"] = _with_ema_weights(model, ema, validate)
+                values[f"{phase}/val_loss"] = float(_with_ema_weights(model, ema, validate))
             log(progress.step, values)
             bar.set_postfix(loss=f"{running / count:.4g}")
             running, count, start = 0.0, 0, time.perf_counter()
+        every = args.snapshot_steps
+        if snapshot is not None and every > 0 and progress.step % every == 0:
+            if accelerator.is_main_process:
+                folder = Path(args.output_dir) / "snapshots" / f"step-{progress.step}"
+                _with_ema_weights(model, ema, functools.partial(snapshot, folder))
+            accelerator.wait_for_everyone()
         if progress.step % args.checkpointing_steps == 0 or progress.step == stop:
             path = save_checkpoint(
                 accelerator, args.output_dir, progress.step, args.checkpoints_total_limit
@@ -882,7 +941,7 @@ def optimise(
     bar.close()
 
 
-def _with_ema_weights(model: nn.Module, ema, fn: Callable[[], float]) -> float:
+def _with_ema_weights(model: nn.Module, ema, fn: Callable[[], Any]) -> Any:
     """``fn()`` without gradients, with the EMA weights in ``model`` (restored after)."""
     parameters = list(_unwrap(model).parameters())
     if ema is not None:
@@ -890,7 +949,7 @@ def _with_ema_weights(model: nn.Module, ema, fn: Callable[[], float]) -> float:
         ema.copy_to(parameters)
     try:
         with torch.no_grad():
-            return float(fn())
+            return fn()
     finally:
         if ema is not None:
             ema.restore(parameters)

@@ -23,7 +23,8 @@ from slams_diffusers.models import (
     fuse_posteriors,
 )
 from slams_diffusers.models.layers import PaddedConv, sinusoidal_embedding
-from slams_diffusers.training import fit_modality_error_correlation
+from slams_diffusers.models.observation_encoder import posterior_to_likelihood
+from slams_diffusers.training import fit_likelihood_calibration
 
 
 def tiny_ae(**kw) -> StateAutoencoder:
@@ -445,6 +446,23 @@ def test_observation_encoder_error_correlation_config(tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             tiny_obs(modality_error_correlation=bad)
+    # the approximation variance: saved, checked, and it weakens the modality (never strengthens)
+    approximate = tiny_obs(
+        latent_prior_std=[10.0, 10.0], modality_approximation_variance={"stations": 0.5}
+    )
+    assert approximate.approximation_variance("stations") == 0.5
+    assert approximate.approximation_variance("satellite") == 0.0
+    with torch.no_grad():
+        weaker = approximate({"stations": inputs["stations"]}, (4, 4))
+        alone = plain({"stations": inputs["stations"]}, (4, 4))
+    assert torch.all(weaker.logvar >= alone.logvar - 1e-6)
+    assert float((weaker.logvar - alone.logvar).max()) > 1e-3
+    approximate.save_pretrained(tmp_path / "approximate")
+    again = ObservationEncoder.from_pretrained(tmp_path / "approximate")
+    assert again.config.modality_approximation_variance == {"stations": 0.5}
+    for bad in ({"radar": 0.1}, {"stations": -0.1}, {"stations": float("nan")}):
+        with pytest.raises(ValueError, match="modality_approximation_variance"):
+            tiny_obs(modality_approximation_variance=bad)
 
 
 class _Views:
@@ -474,16 +492,32 @@ class _KnownPosteriors(torch.nn.Module):
         return self.means[m][case][None], self.logvars[m][case][None]
 
 
-def test_fit_modality_error_correlation_recovers_the_correlation():
-    """On views with a known error correlation, the fit recovers it within sampling error
-    (3000 cases × 3 cells: standard error (1 − ρ²)/√9000 ≈ 0.007)."""
-    rho = 0.6
+def test_fit_likelihood_calibration_recovers_the_correlation_and_the_approximation_error():
+    """Exact posteriors: the approximation variance comes out ~0 and the correlation within
+    sampling error (3000 cases × 3 cells: standard error (1 − ρ²)/√9000 ≈ 0.007). Posterior means
+    with an added error of variance τ² = 0.05: τ² is recovered within 20 % (the normalised
+    squared errors' mean has a standard error of ~2 %, and τ² carries ~1/4 of it), and the
+    likelihoods with it are calibrated (mean ε² = 1 by construction of the fit, checked through
+    posterior_to_likelihood) while without it they are over-confident."""
+    rho, tau2 = 0.6, 0.05
     z, _, post_mean, post_logvar, (m0, v0), _ = _correlated_views(3000, rho)
-    encoder = _KnownPosteriors(post_mean, post_logvar, (m0, math.log(v0)))
     observations = [[_Views("a", b), _Views("b", b)] for b in range(len(z))]
-    fitted = fit_modality_error_correlation(encoder, z, observations)
-    assert set(fitted) == {"a", "b"} and fitted["a"]["b"] == fitted["b"]["a"]
-    assert abs(fitted["a"]["b"] - rho) < 0.04, fitted
+    exact = _KnownPosteriors(post_mean, post_logvar, (m0, math.log(v0)))
+    variances, correlation = fit_likelihood_calibration(exact, z, observations)
+    assert set(correlation) == {"a", "b"} and correlation["a"]["b"] == correlation["b"]["a"]
+    assert abs(correlation["a"]["b"] - rho) < 0.04, correlation
+    assert all(v < 0.01 for v in variances.values()), variances
+    noise = tau2**0.5 * torch.randn(post_mean.shape, generator=torch.Generator().manual_seed(5))
+    noisy = _KnownPosteriors(post_mean + noise.double(), post_logvar, (m0, math.log(v0)))
+    variances, correlation = fit_likelihood_calibration(noisy, z, observations)
+    assert all(abs(v / tau2 - 1) < 0.2 for v in variances.values()), variances
+    for m, name in enumerate("ab"):
+        for fitted in (variances[name], 0.0):
+            u, information = posterior_to_likelihood(
+                post_mean[m] + noise[m].double(), post_logvar[m], m0, math.log(v0), fitted
+            )
+            z2 = float(((u - z) ** 2 * information).mean())
+            assert abs(z2 - 1) < 0.02 if fitted else z2 > 1.05, (name, fitted, z2)
 
 
 def test_observation_encoder_normalisation_and_mask():

@@ -11,14 +11,15 @@ encoder's latent prior. Phase ``encoder`` (``--encoder_steps``): each modality o
 (``random_observations``: station sets and counts, noise, footprints, coarsening, clouds, dropped
 modalities), to that state's latent, with a Gaussian NLL so each latent cell learns its variance.
 
-Then, on the ``--eval_split`` part of the data (default ``val``), it fits the correlation of the
-modalities' likelihood errors (``fit_modality_error_correlation``, stored in the encoder's config
-and used when it fuses modalities) and reports the autoencoder's per-level reconstruction RMSE [K]
-(the floor of the latent route's accuracy), each encoder's calibration (mean squared z-score of its
-latent error, 1 when its variances are honest) and the fused posterior's calibration and error for
-every subset of modalities to the output, the trackers (tensorboard) and
-``autoencoder_training.json`` (which ``train_score.py`` puts in the model card).
-``--fit_fusion_only`` refits the correlation of an encoder already trained (OUTPUT_DIR).
+Then, on the ``--eval_split`` part of the data (default ``val``), it calibrates the modalities'
+likelihoods (``fit_likelihood_calibration``: each encoder's approximation variance and the
+correlation of their errors, stored in the encoder's config and used when it fuses them) and
+reports the autoencoder's per-level reconstruction RMSE [K] (the floor of the latent route's
+accuracy), each encoder's calibration (mean squared z-score of its latent error, 1 when its
+variances are honest) and the fused posterior's calibration and error for every subset of
+modalities to the output, the trackers (tensorboard) and ``autoencoder_training.json`` (which
+``train_score.py`` puts in the model card). ``--fit_fusion_only`` recalibrates an encoder already
+trained (OUTPUT_DIR).
 
 Any store :func:`~slams_diffusers.data.datasets.open_store` reads trains: one continuous run is
 split by time (``--split_by``, ``--split_fractions``, ``--split_gap``), ``--levels`` takes a subset
@@ -56,7 +57,7 @@ from slams_diffusers.training import (
     encoder_batches,
     encoder_calibration,
     final_weights,
-    fit_modality_error_correlation,
+    fit_likelihood_calibration,
     fused_calibration,
     latent_prior_statistics,
     latent_scaling_factor,
@@ -113,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--fit_fusion_only",
         action="store_true",
-        help="no training: refit the modalities' error correlation of the encoder saved in "
-        "OUTPUT_DIR (OUTPUT_DIR/autoencoder, OUTPUT_DIR/observation_encoder) on --eval_split, "
-        "save it and report the fused calibration",
+        help="no training: recalibrate the likelihoods of the encoder saved in OUTPUT_DIR "
+        "(OUTPUT_DIR/autoencoder, OUTPUT_DIR/observation_encoder) on --eval_split, save it and "
+        "report the fused calibration before and after",
     )
     add(
         "--in_memory",
@@ -392,12 +393,12 @@ def evaluation_states(args, device) -> torch.Tensor | None:
 
 
 def fit_fusion(args, autoencoder, encoder, observe, device) -> dict | None:
-    """Fit the modalities' error correlation on ``--eval_split`` (every modality observed, draws
-    of their own stream) and set it in ``encoder``'s config (docs/method.md §Fusing
-    modalities); ``None`` and the encoder unchanged without held-out states or with one
-    modality."""
+    """Calibrate the encoders' likelihoods on ``--eval_split`` (every modality observed, draws of
+    their own stream): each modality's approximation variance and their error correlation, set
+    in ``encoder``'s config (docs/method.md §Fusing modalities). ``None`` and the encoder
+    unchanged without held-out states."""
     states = evaluation_states(args, device)
-    if states is None or len(args.modalities) < 2:
+    if states is None:
         return None
     with torch.no_grad():
         latents = autoencoder.encode(states[:, None])[:, 0]
@@ -405,27 +406,34 @@ def fit_fusion(args, autoencoder, encoder, observe, device) -> dict | None:
         observe(states[b], seeded_generator(args.seed, 6, b), keep_probability=1.0)
         for b in range(len(states))
     ]
-    correlation = fit_modality_error_correlation(encoder, latents, observations)
-    encoder.register_to_config(modality_error_correlation=correlation)
-    return correlation
+    variances, correlation = fit_likelihood_calibration(encoder, latents, observations)
+    encoder.register_to_config(
+        modality_approximation_variance=variances,
+        modality_error_correlation=correlation or None,
+    )
+    return {"modality_approximation_variance": variances, "modality_error_correlation": correlation}
 
 
 def refit_fusion(args) -> None:
-    """``--fit_fusion_only``: refit the error correlation of OUTPUT_DIR's encoder, save it (the
-    weights unchanged) and write the fused calibration to OUTPUT_DIR/fusion_fit.json."""
+    """``--fit_fusion_only``: recalibrate OUTPUT_DIR's encoder (:func:`fit_fusion`), save it (the
+    weights unchanged) and write the fused calibration before and after to
+    OUTPUT_DIR/fusion_fit.json."""
     out = Path(args.output_dir)
     autoencoder = StateAutoencoder.from_pretrained(out / "autoencoder").eval()
     encoder = ObservationEncoder.from_pretrained(out / "observation_encoder").eval()
     pressures = autoencoder.config.levels_hpa
     observe = observer(args, pressures, autoencoder.config.spatial_dims)
     device = torch.device("cpu")
+    encoder.register_to_config(
+        modality_approximation_variance=None, modality_error_correlation=None
+    )
     before = fusion_evaluation(args, autoencoder, encoder, observe, device)
-    correlation = fit_fusion(args, autoencoder, encoder, observe, device)
-    if correlation is None:
-        raise SystemExit("--fit_fusion_only needs an --eval_split and two or more --modalities")
+    fitted = fit_fusion(args, autoencoder, encoder, observe, device)
+    if fitted is None:
+        raise SystemExit("--fit_fusion_only needs an --eval_split")
     encoder.save_pretrained(out / "observation_encoder")
     after = fusion_evaluation(args, autoencoder, encoder, observe, device)
-    record = {"modality_error_correlation": correlation, "independent": before, "fitted": after}
+    record = {**fitted, "uncalibrated": before, "calibrated": after}
     (out / "fusion_fit.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2), flush=True)
 

@@ -14,7 +14,6 @@ pipeline.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,11 +21,7 @@ import torch
 from torch import Tensor
 
 from ..covariance import DiagonalCovariance, SpectralCovariance
-from ..models.observation_encoder import (
-    LOGVAR_BOUND,
-    fuse_likelihoods,
-    posterior_to_likelihood,
-)
+from ..models.observation_encoder import fuse_likelihoods, posterior_from_likelihood
 from ..observations import Background, Observation
 from .terms import GaussianTerm
 
@@ -184,28 +179,22 @@ def _encode_with_declared_noise(
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     """The likelihood of one observation as a latent pseudo-observation ``(u, I)`` (mean and
-    precision, docs/method.md §Fusing modalities), its declared error ``σ_y`` included.
+    precision, docs/method.md §Fusing modalities, §Declared errors), its declared error ``σ_y``
+    included.
 
-    The encoder gives the posterior ``N(μ, v_E)``; dividing out the latent prior gives
-    ``u = z + e``, ``Var e = 1 / I_E`` (:func:`posterior_to_likelihood`). ``v_E`` is calibrated
-    for observations whose noise is the modality's ``reference_noise_std`` ``σ_ref`` (what it was
-    trained on). The declared error enters through ``u``, to first order: ``u``'s Jacobian is
-    ``g J_μ`` with the gain ``g = P_E / I_E`` (``P_E = 1 / v_E``; exact for a linear-Gaussian
-    encoder), so ``1 / I = 1 / I_E + g² diag(J_μ (Σ_y − σ_ref² I) J_μ^T)``, floored at
-    ``1 / (10 I_E)``; the diagonal is estimated as ``Var_ξ[μ(y + h σ ξ)] / h²`` with small ``h``
-    (finite differences, so a saturating encoder does not hide a large declared error) and common
-    draws ξ. More declared error means less information, down to none; ``σ_y = σ_ref`` leaves
-    the encoder as trained.
+    The encoder gives the posterior ``N(μ, v_E)``, calibrated for observations whose noise is the
+    modality's ``reference_noise_std`` ``σ_ref`` (what it was trained on); the encoder's
+    :meth:`likelihood` divides out the latent prior. The declared error enters through ``μ``, to
+    first order, as a variance of the mean ``diag(J_μ (Σ_y − σ_ref² I) J_μ^T)`` (``J_μ`` its
+    Jacobian at ``y``), estimated as ``Var_ξ[μ(y + h σ ξ)] / h²`` with small ``h`` (finite
+    differences, so a saturating encoder does not hide a large declared error) and common draws
+    ξ; the likelihood carries it through its gain. More declared error means less information,
+    down to none; ``σ_y = σ_ref`` leaves the encoder as trained.
     """
     name = observation.modality
     values, mask = observation.to_grid()
     values, mask = values.to(device, dtype)[None], mask.to(device, dtype)[None]
     mean, logvar = encoder.encode_modality(name, values, mask, latent_shape)
-    prior_mean, prior_logvar = encoder.latent_prior(dtype, device)
-    u, information = posterior_to_likelihood(mean, logvar, prior_mean, prior_logvar)
-    informed = information > 0
-    error_variance = 1 / torch.where(informed, information, 1.0)
-    gain = torch.where(informed, torch.exp(-logvar) * error_variance, 0.0)
     grid_std = _grid_noise_std(observation).to(device, dtype)
     reference = encoder.reference_noise_std(name)
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -215,10 +204,8 @@ def _encode_with_declared_noise(
         noisy = (values + LINEARISATION_STEP * std * xi) * mask
         encoded, _ = encoder.encode_modality(name, noisy, mask.expand_as(noisy), latent_shape)
         spreads.append(encoded.var(0, keepdim=True) / LINEARISATION_STEP**2)
-    error_variance = torch.maximum(
-        error_variance + gain.square() * (spreads[0] - spreads[1]), error_variance / 10
-    )
-    return u[0], torch.where(informed, 1 / error_variance, 0.0)[0]
+    u, information = encoder.likelihood(name, mean, logvar, mean_variance=spreads[0] - spreads[1])
+    return u[0], information[0]
 
 
 def _grid_noise_std(observation: Observation) -> Tensor:
@@ -254,7 +241,5 @@ def encoded_observation_term(
         precisions.append(precision)
     correlation = encoder.error_correlation([o.modality for o in items])
     mean, precision = fuse_likelihoods(means, precisions, correlation)
-    floored = precision.clamp_min(math.exp(-LOGVAR_BOUND))  # the pull precision * (u - z) kept
-    return GaussianTerm(
-        lambda latent: latent[:, index], precision * mean / floored, variance=1 / floored
-    )
+    mean, logvar = posterior_from_likelihood(mean, precision, 0.0, 0.0, include_prior=False)
+    return GaussianTerm(lambda latent: latent[:, index], mean, variance=logvar.exp())

@@ -31,6 +31,7 @@ __all__ = [
     "fuse_gaussians",
     "fuse_likelihoods",
     "fuse_posteriors",
+    "posterior_from_likelihood",
     "posterior_to_likelihood",
 ]
 
@@ -67,14 +68,21 @@ def posterior_to_likelihood(
     logvar: torch.Tensor,
     prior_mean: torch.Tensor | float,
     prior_logvar: torch.Tensor | float,
+    mean_variance: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The likelihood ``p(y | z) ∝ p(z | y) / p(z)`` of a Gaussian posterior
     ``N(mean, exp(logvar))`` under the prior ``N(m_0, v_0)``, elementwise, as a pseudo-observation
     ``u = z + e``, ``e ~ N(0, 1 / I)`` (docs/method.md §Fusing modalities).
 
-    With precisions ``P = exp(-logvar)``, ``P_0 = 1 / v_0``: ``I = [P − P_0]_+`` and
-    ``u = (P mean − P_0 m_0) / I`` where ``I > 0``; where the posterior is no surer than the prior
-    the observation carries nothing (``I = 0``, ``u = 0``). Returns ``(u, I)``.
+    With precisions ``P = exp(-logvar)``, ``P_0 = 1 / v_0``: ``I_0 = [P − P_0]_+`` and
+    ``u = (P mean − P_0 m_0) / I_0`` where ``I_0 > 0``; where the posterior is no surer than the
+    prior the observation carries nothing (``I = 0``, ``u = 0``). ``mean_variance`` is a variance
+    of ``mean`` about the exact posterior mean (an encoder's approximation error, a declared
+    observation error's share): it reaches ``u`` through the gain ``g = P / I_0``, so
+    ``1 / I = max(1 / I_0 + g² mean_variance, 1 / (10 I_0))`` (the floor binds only for a
+    negative ``mean_variance``, e.g. less declared error than the encoder was trained with). An
+    encoder barely surer than the prior has a huge gain: its small mean errors become large
+    errors of ``u``. Returns ``(u, I)``.
     """
     precision = torch.exp(-logvar)
     prior_mean = torch.as_tensor(prior_mean, dtype=precision.dtype, device=precision.device)
@@ -83,9 +91,32 @@ def posterior_to_likelihood(
     )
     information = (precision - prior_precision).clamp_min(0.0)
     informed = information > 0
-    shift = precision * mean - prior_precision * prior_mean
-    u = torch.where(informed, shift / torch.where(informed, information, 1.0), 0.0)
-    return u, information
+    safe = torch.where(informed, information, 1.0)
+    u = torch.where(informed, (precision * mean - prior_precision * prior_mean) / safe, 0.0)
+    variance = torch.maximum(
+        1 / safe + (precision / safe).square() * mean_variance, 1 / (10 * safe)
+    )
+    return u, torch.where(informed, 1 / variance, 0.0)
+
+
+def posterior_from_likelihood(
+    u: torch.Tensor,
+    information: torch.Tensor,
+    prior_mean: torch.Tensor | float,
+    prior_logvar: torch.Tensor | float,
+    include_prior: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(mean, logvar)`` of ``p(z) N(u; z, 1 / I)`` (``P = P_0 + I``,
+    ``mean = (P_0 m_0 + I u) / P``), or with ``include_prior=False`` of the likelihood alone as a
+    Gaussian in ``z``: ``P = I`` floored at ``exp(-LOGVAR_BOUND)`` (a cell nothing informs gets a
+    variance of ``exp(LOGVAR_BOUND)``) with the pull ``I (u − z)`` kept."""
+    if include_prior:
+        prior_mean = torch.as_tensor(prior_mean, dtype=u.dtype, device=u.device)
+        prior_precision = torch.exp(-torch.as_tensor(prior_logvar, dtype=u.dtype, device=u.device))
+        total = prior_precision + information
+        return (prior_precision * prior_mean + information * u) / total, -total.log()
+    total = information.clamp_min(math.exp(-LOGVAR_BOUND))
+    return information * u / total, -total.log()
 
 
 def fuse_likelihoods(
@@ -170,25 +201,16 @@ def fuse_posteriors(
     their error ``correlation`` (:func:`fuse_likelihoods`; ``None``: conditionally independent,
     ``p(z) Π_m p(z | y_m) / p(z)``) and the prior is counted once. (The posteriors' errors are
     correlated through the prior they all shrink towards; :func:`fuse_gaussians` would count it
-    ``M`` times and be over-confident.) With the fused likelihood ``N(z; u, 1 / P_y)``:
-    ``P = P_0 + P_y``, ``mean = (P_0 m_0 + P_y u) / P``.
-
-    ``include_prior=False`` gives the likelihood alone as a Gaussian in ``z``: ``P = P_y``
-    floored at ``exp(-LOGVAR_BOUND)`` (a cell nothing informs gets a variance of
-    ``exp(LOGVAR_BOUND)`` and mean 0). Returns ``(mean, logvar)``; inputs broadcast together.
+    ``M`` times and be over-confident.) The fused likelihood times the prior gives the result
+    (:func:`posterior_from_likelihood`; ``include_prior=False``: the likelihood alone). Returns
+    ``(mean, logvar)``; inputs broadcast together.
     """
     pairs = [
         posterior_to_likelihood(m, lv, prior_mean, prior_logvar)
         for m, lv in zip(means, logvars, strict=True)
     ]
     u, information = fuse_likelihoods([p[0] for p in pairs], [p[1] for p in pairs], correlation)
-    if include_prior:
-        prior_mean = torch.as_tensor(prior_mean, dtype=u.dtype, device=u.device)
-        prior_precision = torch.exp(-torch.as_tensor(prior_logvar, dtype=u.dtype, device=u.device))
-        total = prior_precision + information
-        return (prior_precision * prior_mean + information * u) / total, -total.log()
-    total = information.clamp_min(math.exp(-LOGVAR_BOUND))
-    return information * u / total, -total.log()
+    return posterior_from_likelihood(u, information, prior_mean, prior_logvar, include_prior)
 
 
 def _stacked(
@@ -206,6 +228,27 @@ def _stacked(
         torch.stack([m.expand(shape) for m in means]),
         torch.stack([s.expand(shape) for s in spreads]),
     )
+
+
+def _approximation_variances(
+    variances: Mapping[str, float] | None, modalities: Mapping[str, Any]
+) -> dict[str, float] | None:
+    """``modality_approximation_variance`` checked (known names, finite, >= 0), sorted."""
+    if variances is None:
+        return None
+    if not isinstance(variances, Mapping) or any(
+        name not in modalities
+        or isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        for name, value in variances.items()
+    ):
+        raise ValueError(
+            "`modality_approximation_variance` must be {name: variance >= 0} over the "
+            f"modalities {sorted(modalities)}, got {variances!r}."
+        )
+    return {name: float(variances[name]) for name in sorted(variances)}
 
 
 def _pairwise_correlation(
@@ -331,9 +374,10 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
     a residual block and a head giving ``mean_m`` and ``logvar_m`` ``(B, latent_channels,
     *latent_shape)``, ``logvar_m = 10 tanh(raw / 10)`` in (-10, 10): the posterior
     ``p(z | y_m)`` of the latent cell (trained by Gaussian NLL against the true state's latent).
-    ``forward`` fuses the modalities given with :func:`fuse_posteriors` under the latent prior
-    ``N(latent_prior_mean, latent_prior_std²)`` per channel, with the correlation of their
-    likelihoods' errors ``modality_error_correlation``, in sorted-name order.
+    ``forward`` turns each modality's posterior into its likelihood under the latent prior
+    ``N(latent_prior_mean, latent_prior_std²)`` per channel (:meth:`likelihood`), fuses them with
+    the correlation of their errors ``modality_error_correlation`` (:func:`fuse_likelihoods`) and
+    multiplies by the prior once, in sorted-name order.
 
     Args:
         modalities: ``{name: {"in_channels": C, "input_mean": list | None,
@@ -350,8 +394,12 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             training sets them); ``None``: 0 and 1, the unit-variance scaled latent.
         modality_error_correlation: ``{name: {other: ρ}}``, the correlation between the errors
             of two modalities' likelihoods (pseudo-observations of ``z``, prior divided out),
-            fitted on held-out data by stage-1 training (``fit_modality_error_correlation``);
+            fitted on held-out data by stage-1 training (``fit_likelihood_calibration``);
             pairs not given, or ``None``: 0, conditionally independent modalities.
+        modality_approximation_variance: ``{name: τ²}``, the variance of each encoder's
+            posterior mean about the exact posterior mean (latent units²), fitted alike; it
+            reaches the likelihood through the gain ``P / I_0`` (:func:`posterior_to_likelihood`).
+            ``None`` or absent: 0.
     """
 
     @register_to_config
@@ -365,6 +413,7 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
         latent_prior_mean: list[float] | None = None,
         latent_prior_std: list[float] | None = None,
         modality_error_correlation: dict[str, dict[str, float]] | None = None,
+        modality_approximation_variance: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims)
@@ -397,6 +446,9 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             latent_prior_mean=None if latent_prior_mean is None else prior_mean,
             latent_prior_std=None if latent_prior_std is None else prior_std,
             modality_error_correlation=_pairwise_correlation(modality_error_correlation, clean),
+            modality_approximation_variance=_approximation_variances(
+                modality_approximation_variance, clean
+            ),
         )
         self.encoders = nn.ModuleDict(encoders)
 
@@ -429,6 +481,30 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
                 if a != b:
                     rho[i, j] = float(pairs.get(a, {}).get(b, 0.0))
         return None if torch.equal(rho, torch.eye(len(names), dtype=torch.float64)) else rho
+
+    def approximation_variance(self, name: str) -> float:
+        """``τ_m²`` of modality ``name``: the variance of its posterior mean about the exact one,
+        fitted on held-out data (0 when not fitted)."""
+        return float((self.config.modality_approximation_variance or {}).get(name, 0.0))
+
+    def likelihood(
+        self,
+        name: str,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        mean_variance: torch.Tensor | float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Modality ``name``'s posterior ``(mean, logvar)`` as its likelihood ``(u, I)``
+        (:func:`posterior_to_likelihood` under the latent prior), with the approximation variance
+        ``τ_m²`` and any further ``mean_variance`` (e.g. a declared error's) of the mean."""
+        prior_mean, prior_logvar = self.latent_prior(mean.dtype, mean.device)
+        return posterior_to_likelihood(
+            mean,
+            logvar,
+            prior_mean,
+            prior_logvar,
+            mean_variance=self.approximation_variance(name) + mean_variance,
+        )
 
     def reference_noise_std(self, name: str) -> float:
         """The observation error std modality ``name``'s predicted variance is calibrated for."""
@@ -497,19 +573,20 @@ class ObservationEncoder(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"Unknown modality {unknown} in `inputs`; known modalities: {self.modality_names}."
             )
-        means, logvars = [], []
+        likelihoods = []
         names = [name for name in self.modality_names if name in inputs]  # fixed order
         for name in names:
             pair = inputs[name]
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise ValueError(f"`inputs[{name!r}]` must be a (values, mask) pair.")
-            mean, logvar = self.encode_modality(name, pair[0], pair[1], latent_shape)
-            means.append(mean)
-            logvars.append(logvar)
-        prior_mean, prior_logvar = self.latent_prior(means[0].dtype, means[0].device)
-        mean, logvar = fuse_posteriors(
-            means, logvars, prior_mean, prior_logvar, self.error_correlation(names)
+            likelihoods.append(
+                self.likelihood(name, *self.encode_modality(name, pair[0], pair[1], latent_shape))
+            )
+        u, information = fuse_likelihoods(
+            [u for u, _ in likelihoods], [i for _, i in likelihoods], self.error_correlation(names)
         )
+        prior_mean, prior_logvar = self.latent_prior(u.dtype, u.device)
+        mean, logvar = posterior_from_likelihood(u, information, prior_mean, prior_logvar)
         if not return_dict:
             return mean, logvar
         return ObservationEncoderOutput(mean=mean, logvar=logvar)
