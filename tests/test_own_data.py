@@ -19,6 +19,7 @@ import xarray as xr
 
 from slams_diffusers import (
     LevelNormalizer,
+    ScoreNet,
     SLAMSPipeline,
     StateAutoencoder,
     Stations,
@@ -142,6 +143,7 @@ def test_single_run_in_pa_trains_with_the_readme_commands_and_assimilates(tmp_pa
     logs += launch(
         tmp_path, "training/train_score.py", "--config", "training/configs/qg-tiny-score.yaml",
         "--data", data, "--autoencoder", stage1, "--output_dir", stage2, *TINY_SCORE,
+        "--snapshot_steps", "3",
     )  # fmt: skip
     # quiet logs: no accelerate "defaults used", no non-writable array, no zarr warning
     assert not re.search(r"warn", logs, re.IGNORECASE), logs
@@ -177,6 +179,13 @@ def test_single_run_in_pa_trains_with_the_readme_commands_and_assimilates(tmp_pa
     pipe = SLAMSPipeline.from_pretrained(stage2 / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.autoencoder.config.levels_hpa == [850.0, 300.0]  # recorded, in hPa
+    # the training-budget snapshots: the EMA weights at steps 3 and 6; the last is the pipeline's
+    assert sorted(p.name for p in (stage2 / "snapshots").iterdir()) == ["step-3", "step-6"]
+    last = ScoreNet.from_pretrained(stage2 / "snapshots" / "step-6")
+    for name, value in pipe.score_model.state_dict().items():
+        assert torch.equal(value, last.state_dict()[name]), name
+    earlier = ScoreNet.from_pretrained(stage2 / "snapshots" / "step-3").state_dict()
+    assert any(not torch.equal(v, earlier[k]) for k, v in last.state_dict().items())
     test = select_split(load_training_data(_Args(data), None), "test").load()
     assert test.sizes["time"] == 5 and test["time"].values[0] == smooth_run()["time"].values[67]
     truth = torch.as_tensor(test.values)

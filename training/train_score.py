@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         args.train_batch_size,
         "score",
         validate=score_validation if held_out is not None else None,
+        snapshot=lambda folder: accelerator.unwrap_model(score_model).save_pretrained(folder),
     )
 
     accelerator.wait_for_everyone()
