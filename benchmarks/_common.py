@@ -1,14 +1,21 @@
-"""What every benchmark records: the machine, and results as JSON plus a Markdown table."""
+"""What every benchmark records (the machine, results as JSON plus a Markdown table) and the
+background-error covariance they all estimate from the validation split."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+import xarray as xr
+
+from slams_diffusers.covariance import SpectralCovariance, estimate_background_covariance
+from slams_diffusers.data.testbed import assimilation_cases
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,3 +46,41 @@ def write(name: str, payload: dict, columns: list[str], rows: list[dict], title:
     lines += ["", "Machine: " + ", ".join(f"{k}={v}" for k, v in payload["machine"].items()), ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def validation_covariance(
+    dataset, window: int = 5, cases_per_trajectory: int = 2, **setup
+) -> SpectralCovariance:
+    """The benchmarks' B: spectral, estimated from the (background, truth) pairs of the
+    validation split (``cases_per_trajectory`` windows per trajectory, seed 1; ``setup`` as
+    ``assimilation_cases``), never from the windows scored."""
+    validation = assimilation_cases(
+        dataset, "val", window, cases_per_trajectory, seed=1, observations=False, **setup
+    )
+    return estimate_background_covariance(
+        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
+    )
+
+
+def add_window_arguments(
+    parser: argparse.ArgumentParser, *, windows: int, seed: int, name: str
+) -> None:
+    """The options of a benchmark that assimilates fresh test windows with an ensemble:
+    ``--windows``, ``--seed`` (of the test windows: not 11, which choices were made on),
+    ``--members``, ``--steps`` (16 × 32, the issues' setting), ``--name``, ``--threads``."""
+    parser.add_argument("--windows", type=int, default=windows)
+    parser.add_argument("--seed", type=int, default=seed, help="test windows (fresh: not 11)")
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--name", default=name, help="results/<name>.{json,md}")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def fresh_windows(args: argparse.Namespace) -> tuple[Any, SpectralCovariance, list]:
+    """``(dataset, B, cases)`` for the options of :func:`add_window_arguments` and ``--data``:
+    the store, :func:`validation_covariance` and the first ``--windows`` test windows of seed
+    ``--seed`` (5 steps, 2 per trajectory, default observations); sets ``--threads``."""
+    torch.set_num_threads(args.threads)
+    dataset = xr.open_zarr(args.data)
+    cases = assimilation_cases(dataset, "test", 5, 2, seed=args.seed)[: args.windows]
+    return dataset, validation_covariance(dataset), cases

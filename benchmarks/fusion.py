@@ -26,13 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-import xarray as xr
-from _common import machine, write
+from _common import add_window_arguments, fresh_windows, machine, write
 from trustworthy import assimilate, harder_observations
 
 from slams_diffusers import SLAMSPipeline
-from slams_diffusers.covariance import estimate_background_covariance
-from slams_diffusers.data.testbed import assimilation_cases
 from slams_diffusers.metrics import ensemble_spread, rmse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,22 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT / "data/qg-default.zarr"))
     parser.add_argument("--pipeline", default=str(ROOT / "pipelines/slams-qg-tiny"))
-    parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=23, help="test windows (fresh: not 11)")
-    parser.add_argument("--members", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--name", default="fusion", help="results/<name>.{json,md}")
-    parser.add_argument("--threads", type=int, default=1)
+    add_window_arguments(parser, windows=3, seed=23, name="fusion")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-
-    dataset = xr.open_zarr(args.data)
-    validation = assimilation_cases(dataset, "val", 5, 2, seed=1, observations=False)
-    covariance = estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
-    cases = assimilation_cases(dataset, "test", 5, 2, seed=args.seed)[: args.windows]
+    dataset, covariance, cases = fresh_windows(args)
     pressures = [float(p) for p in dataset["level"].values]
     levels = [f"{p:g}" for p in pressures]
     pipe = SLAMSPipeline.from_pretrained(args.pipeline)
@@ -173,8 +158,6 @@ def main() -> None:
             )
     payload = {
         "machine": machine("cpu"),
-        "command": "python benchmarks/fusion.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "pipeline": args.pipeline,
         "calibration": calibration["calibrated"],
         "test_seed": args.seed,

@@ -70,13 +70,12 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from _common import RESULTS, machine, write
+from _common import RESULTS, machine, validation_covariance, write
 from torch import Tensor
 
 from slams_diffusers import Gridded, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.baselines.qg_ensemble import case_generator, cycle_ensemble, forecast_ensemble
-from slams_diffusers.covariance import estimate_background_covariance
 from slams_diffusers.data.qg import QGConfig, QGModel
 from slams_diffusers.data.testbed import assimilation_cases
 from slams_diffusers.metrics import crps, rmse, score_ensemble, spread_skill_ratio
@@ -554,10 +553,7 @@ def main() -> None:
 
     dataset = xr.open_zarr(args.data)
     pressures = [float(p) for p in dataset["level"].values]
-    validation = assimilation_cases(dataset, "val", WINDOW, 2, seed=1, observations=False)
-    covariance = estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
+    covariance = validation_covariance(dataset, WINDOW)
     all_cases = assimilation_cases(
         dataset, "test", WINDOW, CASES_PER_TRAJECTORY, seed=settings.seed
     )

@@ -24,13 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-import xarray as xr
-from _common import machine, write
+from _common import add_window_arguments, fresh_windows, machine, write
 
 from slams_diffusers import ScoreNet, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
-from slams_diffusers.covariance import estimate_background_covariance
-from slams_diffusers.data.testbed import assimilation_cases
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,22 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT / "data/qg-large.zarr"))
     parser.add_argument("--runs", nargs="+", required=True, help="train_score.py output folders")
-    parser.add_argument("--windows", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=29, help="test windows (fresh: not 11)")
-    parser.add_argument("--members", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--name", default="training_budget", help="results/<name>.{json,md}")
-    parser.add_argument("--threads", type=int, default=1)
+    add_window_arguments(parser, windows=4, seed=29, name="training_budget")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-
-    dataset = xr.open_zarr(args.data)
-    validation = assimilation_cases(dataset, "val", 5, 2, seed=1, observations=False)
-    covariance = estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
-    cases = assimilation_cases(dataset, "test", 5, 2, seed=args.seed)[: args.windows]
+    dataset, covariance, cases = fresh_windows(args)
     references = {
         "background": [float(rmse(c.background, c.truth)) for c in cases],
         "OI/3D-Var": [
@@ -149,8 +134,6 @@ def main() -> None:
             print(rows[-1], flush=True)
     payload = {
         "machine": machine("cpu"),
-        "command": "python benchmarks/training_budget.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "test_seed": args.seed,
         "windows": len(cases),
         "members": args.members,

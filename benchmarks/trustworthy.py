@@ -29,12 +29,11 @@ from pathlib import Path
 
 import torch
 import xarray as xr
-from _common import machine, write
+from _common import machine, validation_covariance, write
 from torch import Tensor
 
 from slams_diffusers import Gridded, LevelNormalizer, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
-from slams_diffusers.covariance import estimate_background_covariance
 from slams_diffusers.data.testbed import assimilation_cases, default_observations
 from slams_diffusers.metrics import ensemble_spread, rmse
 
@@ -83,10 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = xr.open_zarr(args.data)
-    validation = assimilation_cases(dataset, "val", 5, 2, seed=1, observations=False)
-    covariance = estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
+    covariance = validation_covariance(dataset)
     cases = assimilation_cases(dataset, "test", 5, 2, seed=args.seed)[: args.windows]
     pressures = [float(p) for p in dataset["level"].values]
     pipe = SLAMSPipeline.from_pretrained(args.pipeline)

@@ -76,6 +76,25 @@ def assimilate_argv(folder: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def python_api_window(files, w: int, **kwargs) -> torch.Tensor:
+    """The members of window ``w`` from ``pipe(...)`` with what ``assimilate_argv`` says:
+    ``background_error_std=1.0``, the window's observations, ``member_generators(7, w, ...)``."""
+    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+    pipe.set_progress_bar_config(disable=True)
+    background = xr.open_dataset(files["folder"] / "background.nc")["t"]
+    window = slice(5 * w, 5 * w + 5)
+    return pipe(
+        background=background.isel(time=window),
+        observations=window_observations(files["observations"], window),
+        num_members=MEMBERS,
+        num_inference_steps=STEPS,
+        background_error_std=1.0,
+        generator=member_generators(7, w, MEMBERS),
+        output_type="pt",
+        **kwargs,
+    ).members
+
+
 @pytest.fixture(scope="module")
 def one_process(files):
     folder = files["folder"]
@@ -88,25 +107,14 @@ def test_the_file_analysis_is_the_python_api_analysis(files, one_process):
     """Window w of the file is ``pipe(...)`` on the same background and observations with
     ``member_generators(seed, w, members)``: the same numbers (positions only pass through the
     coordinates, a round trip exact to ~1e-15 relative, far below float32's 1.5e-5 K at 250 K)."""
-    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
-    pipe.set_progress_bar_config(disable=True)
-    background = xr.open_dataset(files["folder"] / "background.nc")["t"]
     written = xr.load_dataset(one_process)
     assert written["members"].dims == ("member", "time", "level", "y", "x")
     assert written.sizes == {"member": MEMBERS, "time": 10, "level": 5, "y": 64, "x": 64}
     for w in range(2):
         window = slice(5 * w, 5 * w + 5)
-        out = pipe(
-            background=background.isel(time=window),
-            observations=window_observations(files["observations"], window),
-            num_members=MEMBERS,
-            num_inference_steps=STEPS,
-            background_error_std=1.0,
-            generator=member_generators(7, w, MEMBERS),
-            output_type="pt",
-        )
+        expected = python_api_window(files, w)
         members = written["members"].isel(time=window).values
-        np.testing.assert_allclose(members, out.members.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(members, expected.numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(written["mean"].isel(time=window), members.mean(0), atol=1e-4)
         np.testing.assert_allclose(
             written["std"].isel(time=window), members.std(0, ddof=1), atol=1e-4
@@ -121,21 +129,8 @@ def test_the_length_scale_flag_reaches_the_pipeline(files, tmp_path):
     out = tmp_path / "correlated.nc"
     argv = assimilate_argv(files["folder"], out, "--background-error-length-scale", "4")
     assert main(argv) == 0
-    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
-    pipe.set_progress_bar_config(disable=True)
-    background = xr.open_dataset(files["folder"] / "background.nc")["t"]
-    window = slice(0, 5)
-    expected = pipe(
-        background=background.isel(time=window),
-        observations=window_observations(files["observations"], window),
-        num_members=MEMBERS,
-        num_inference_steps=STEPS,
-        background_error_std=1.0,
-        background_error_length_scale=4.0,
-        generator=member_generators(7, 0, MEMBERS),
-        output_type="pt",
-    ).members
-    written = xr.load_dataset(out)["members"].isel(time=window).values
+    expected = python_api_window(files, 0, background_error_length_scale=4.0)
+    written = xr.load_dataset(out)["members"].isel(time=slice(0, 5)).values
     np.testing.assert_allclose(written, expected.numpy(), rtol=0, atol=1e-4)
 
 

@@ -397,16 +397,10 @@ def fit_fusion(args, autoencoder, encoder, observe, device) -> dict | None:
     their own stream): each modality's approximation variance and their error correlation, set
     in ``encoder``'s config (docs/method.md §Fusing modalities). ``None`` and the encoder
     unchanged without held-out states."""
-    states = evaluation_states(args, device)
-    if states is None:
+    held_out = fully_observed(args, autoencoder, observe, device, stream=6)
+    if held_out is None:
         return None
-    with torch.no_grad():
-        latents = autoencoder.encode(states[:, None])[:, 0]
-    observations = [
-        observe(states[b], seeded_generator(args.seed, 6, b), keep_probability=1.0)
-        for b in range(len(states))
-    ]
-    variances, correlation = fit_likelihood_calibration(encoder, latents, observations)
+    variances, correlation = fit_likelihood_calibration(encoder, *held_out)
     encoder.register_to_config(
         modality_approximation_variance=variances,
         modality_error_correlation=correlation or None,
@@ -442,16 +436,23 @@ def fusion_evaluation(args, autoencoder, encoder, observe, device) -> dict | Non
     """The fused posterior's calibration and error for every subset of the modalities
     (``fused_calibration``) on ``--eval_split``, every modality observed (draws of their own
     stream, not those the correlation is fitted on)."""
+    held_out = fully_observed(args, autoencoder, observe, device, stream=7)
+    return None if held_out is None else fused_calibration(encoder, *held_out)
+
+
+def fully_observed(args, autoencoder, observe, device, stream: int) -> tuple | None:
+    """``(latents, observations)`` of the ``--eval_split`` states, every modality observed,
+    drawn from the random stream ``stream``; ``None`` without such states."""
     states = evaluation_states(args, device)
     if states is None:
         return None
     with torch.no_grad():
         latents = autoencoder.encode(states[:, None])[:, 0]
     observations = [
-        observe(states[b], seeded_generator(args.seed, 7, b), keep_probability=1.0)
+        observe(states[b], seeded_generator(args.seed, stream, b), keep_probability=1.0)
         for b in range(len(states))
     ]
-    return fused_calibration(encoder, latents, observations)
+    return latents, observations
 
 
 def as_samples(data):
