@@ -2,7 +2,8 @@
 
 A training run of ``train_score.py --snapshot_steps N`` keeps the EMA score model every ``N``
 steps in ``RUN/snapshots/step-N``. Each snapshot goes into the run's final pipeline
-(``RUN/pipeline``: same autoencoder, encoders and scheduler) and assimilates the same fresh
+(``RUN/pipeline``: same autoencoder, encoders and scheduler; while a latent run still trains,
+``--stage1`` gives them) and assimilates the same fresh
 held-out windows (``assimilation_cases(dataset, "test", 5, 2, seed=--seed)``; default
 observations; spectral B from the validation split; nothing tuned). Runs given together (a latent
 run and its pixel-space SDA twin) are compared at equal optimiser steps. The wall time is the
@@ -26,7 +27,13 @@ from pathlib import Path
 import torch
 from _common import add_window_arguments, fresh_windows, machine, write
 
-from slams_diffusers import ScoreNet, SLAMSPipeline
+from slams_diffusers import (
+    ObservationEncoder,
+    ScoreNet,
+    SLAMSPipeline,
+    StateAutoencoder,
+    VPPredictorCorrectorScheduler,
+)
 from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
 
@@ -41,6 +48,23 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
         if step.isdigit() and (folder / "config.json").is_file():
             found.append((int(step), folder))
     return sorted(found)
+
+
+def run_pipeline(run: Path, stage1: str | None) -> SLAMSPipeline:
+    """The run's final pipeline, or, while it trains, one made of ``stage1``'s autoencoder and
+    encoder and the cosine scheduler ``train_score.py`` uses (the score model is replaced by each
+    snapshot)."""
+    if (run / "pipeline").is_dir() or stage1 is None:
+        return SLAMSPipeline.from_pretrained(run / "pipeline")
+    _, first = snapshots(run)[0]
+    return SLAMSPipeline(
+        score_model=ScoreNet.from_pretrained(first),
+        scheduler=VPPredictorCorrectorScheduler(schedule="cosine"),
+        autoencoder=StateAutoencoder.from_pretrained(Path(stage1) / "autoencoder"),
+        observation_encoder=ObservationEncoder.from_pretrained(
+            Path(stage1) / "observation_encoder"
+        ),
+    )
 
 
 def wall_seconds(run: Path) -> dict[int, float]:
@@ -65,6 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT / "data/qg-large.zarr"))
     parser.add_argument("--runs", nargs="+", required=True, help="train_score.py output folders")
+    parser.add_argument(
+        "--stage1",
+        default=None,
+        help="for a latent run still training (no RUN/pipeline yet): the stage-1 folder whose "
+        "autoencoder and observation encoder it trains on",
+    )
     add_window_arguments(parser, windows=4, seed=29, name="training_budget")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -84,7 +114,7 @@ def main() -> None:
             {"run": label, "steps": "", "wall [min]": "", "RMSE": f"{mean:.3f} ± {error:.3f}"}
         )
     for run in map(Path, args.runs):
-        pipe = SLAMSPipeline.from_pretrained(run / "pipeline")
+        pipe = run_pipeline(run, args.stage1)
         pipe.set_progress_bar_config(disable=True)
         walls = wall_seconds(run)
         for step, folder in snapshots(run):
