@@ -17,7 +17,8 @@ import xarray as xr
 from slams_diffusers.covariance import SpectralCovariance, estimate_background_covariance
 from slams_diffusers.data.testbed import assimilation_cases
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine(device: str) -> dict:
@@ -63,11 +64,22 @@ def validation_covariance(
 
 
 def add_window_arguments(
-    parser: argparse.ArgumentParser, *, windows: int, seed: int, name: str
+    parser: argparse.ArgumentParser,
+    *,
+    windows: int,
+    seed: int,
+    name: str,
+    data: str = "data/qg-default.zarr",
+    pipeline: str | None = "pipelines/slams-qg-tiny",
 ) -> None:
     """The options of a benchmark that assimilates fresh test windows with an ensemble:
-    ``--windows``, ``--seed`` (of the test windows: not 11, which choices were made on),
-    ``--members``, ``--steps`` (16 × 32, the issues' setting), ``--name``, ``--threads``."""
+    ``--data`` (a testbed store), ``--pipeline`` (unless ``pipeline`` is None), ``--windows``,
+    ``--seed`` (of the test windows: not 11, which choices were made on), ``--members``,
+    ``--steps`` (16 × 32, the issues' setting), ``--name``, ``--threads``. Paths are relative
+    to the repository."""
+    parser.add_argument("--data", default=str(ROOT / data))
+    if pipeline is not None:
+        parser.add_argument("--pipeline", default=str(ROOT / pipeline))
     parser.add_argument("--windows", type=int, default=windows)
     parser.add_argument("--seed", type=int, default=seed, help="test windows (fresh: not 11)")
     parser.add_argument("--members", type=int, default=16)

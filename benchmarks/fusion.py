@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from _common import add_window_arguments, fresh_windows, machine, write
@@ -32,7 +31,6 @@ from trustworthy import assimilate, harder_observations
 from slams_diffusers import SLAMSPipeline
 from slams_diffusers.metrics import ensemble_spread, rmse
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = {
     "background only": (),
     "+ stations": ("stations",),
@@ -43,8 +41,6 @@ SUBSETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT / "data/qg-default.zarr"))
-    parser.add_argument("--pipeline", default=str(ROOT / "pipelines/slams-qg-tiny"))
     add_window_arguments(parser, windows=3, seed=23, name="fusion")
     args = parser.parse_args()
     started = time.perf_counter()

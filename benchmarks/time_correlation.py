@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from _common import add_window_arguments, fresh_windows, machine, write
@@ -33,8 +32,6 @@ from _common import add_window_arguments, fresh_windows, machine, write
 from slams_diffusers import SLAMSPipeline
 from slams_diffusers.data.testbed import assimilation_cases
 from slams_diffusers.metrics import rmse, spread_skill_ratio
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_correlation(errors: torch.Tensor) -> torch.Tensor:
@@ -79,8 +76,6 @@ def encoder_step_correlation(pipe: SLAMSPipeline, cases) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT / "data/qg-default.zarr"))
-    parser.add_argument("--pipeline", default=str(ROOT / "pipelines/slams-qg-tiny"))
     add_window_arguments(parser, windows=2, seed=23, name="time_correlation")
     args = parser.parse_args()
     started = time.perf_counter()

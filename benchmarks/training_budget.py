@@ -37,8 +37,6 @@ from slams_diffusers import (
 from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of the run's snapshots, by step."""
@@ -87,7 +85,6 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT / "data/qg-large.zarr"))
     parser.add_argument("--runs", nargs="+", required=True, help="train_score.py output folders")
     parser.add_argument(
         "--stage1",
@@ -95,7 +92,9 @@ def main() -> None:
         help="for a latent run still training (no RUN/pipeline yet): the stage-1 folder whose "
         "autoencoder and observation encoder it trains on",
     )
-    add_window_arguments(parser, windows=4, seed=29, name="training_budget")
+    add_window_arguments(
+        parser, windows=4, seed=29, name="training_budget", data="data/qg-large.zarr", pipeline=None
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     dataset, covariance, cases = fresh_windows(args)
