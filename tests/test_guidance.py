@@ -197,3 +197,30 @@ def test_guided_score_uses_the_climatology_at_low_snr():
     assert float(SCHEDULE.alpha_sigma(0.5)[0] / SCHEDULE.alpha_sigma(0.5)[1]) > 0.2
     plain = GuidedScore(Constant(), SCHEDULE.alpha_sigma, climatology_snr=None)
     assert torch.equal(plain(z_t, torch.tensor(0.99)), torch.full_like(z_t, 7.0))
+
+
+def test_kalman_bound_weighs_each_residual_by_its_error():
+    """An update that goes three times past a tight observation (σ² = 0.01) is scaled back to it
+    even when a weak pseudo-observation (σ² = 1e4, as an encoded cell the encoder barely informs)
+    has a residual of 100: in the metric ``(Σ + c_t I)^{-1}`` the bound is
+    ``|r|_M / |Δ|_M = sqrt(1/0.01 + 100²/1e4) / (3/0.1) = sqrt(101)/30``; in the Euclidean norm
+    (``|r| ≈ 100 > |Δ| = 3``) the overshoot would pass."""
+    from slams_diffusers.guidance.likelihood import _kalman_bound
+
+    variance = torch.tensor([0.01, 1e4], dtype=torch.float64)
+    term = GaussianTerm(lambda latent: latent[:, 0], torch.tensor([1.0, 100.0]).double(), variance)
+    residuals = [torch.tensor([[1.0, 100.0]], dtype=torch.float64)]
+    masks = [term.mask]
+
+    def metric(vectors):
+        return [term.noise_solve(v, 0.0) for v in vectors]
+
+    update = torch.tensor([[[3.0, 0.0]]], dtype=torch.float64)
+    factor = _kalman_bound(
+        lambda latent: (latent[:, 0],), torch.zeros_like(update), update, residuals, masks, metric
+    )
+    torch.testing.assert_close(factor.reshape(()), torch.tensor(math.sqrt(101) / 30).double())
+    away = _kalman_bound(
+        lambda latent: (latent[:, 0],), torch.zeros_like(update), -update, residuals, masks, metric
+    )
+    assert float(away) == 0.0

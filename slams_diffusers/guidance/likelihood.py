@@ -14,7 +14,7 @@ With the denoiser ``ẑ(z_t)`` (:func:`~slams_diffusers.schedulers.tweedie_denoi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -62,6 +62,17 @@ def likelihood_score(
     def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
         return tuple(term.observe(latent) for term in terms)
 
+    # Preconditioner (Σ + c_t scale² I)^{-1} with c_t = sigma_t²/(alpha_t² + sigma_t²), the
+    # climatology's Cov[z | z_t] in normalised units: exact where Σ or V_t dominates, and it makes
+    # a correlated Σ (e.g. a spectral B) cheap to invert in few iterations. It is also the metric
+    # of the Kalman bound.
+    shift = sigma**2 / (alpha**2 + sigma**2)
+
+    def precondition(vectors: list[Tensor]) -> list[Tensor]:
+        return [
+            m * term.noise_solve(v, shift) for m, term, v in zip(masks, terms, vectors, strict=True)
+        ]
+
     if covariance == "diagonal":
         inflation = gamma * (sigma / alpha) ** 2
         log_p, residuals = 0.0, []
@@ -71,7 +82,7 @@ def likelihood_score(
             log_p = log_p - 0.5 * torch.sum(residual * term.noise_solve(residual, inflation))
         score = torch.autograd.grad(log_p, z_t)[0]
         bound = _kalman_bound(
-            observe_all, z_hat.detach(), posterior_scale * score, residuals, masks
+            observe_all, z_hat.detach(), posterior_scale * score, residuals, masks, precondition
         )
         return score * bound
 
@@ -98,35 +109,37 @@ def likelihood_score(
     residuals = [
         m * (term.target - p.detach()) for m, term, p in zip(masks, terms, predictions, strict=True)
     ]
-    # Preconditioner (Σ + c_t scale² I)^{-1} with c_t = sigma_t²/(alpha_t² + sigma_t²), the
-    # climatology's Cov[z | z_t] in normalised units: exact where Σ or V_t dominates, and it makes
-    # a correlated Σ (e.g. a spectral B) cheap to invert in few iterations.
-    shift = sigma**2 / (alpha**2 + sigma**2)
-
-    def precondition(vectors: list[Tensor]) -> list[Tensor]:
-        return [
-            m * term.noise_solve(v, shift) for m, term, v in zip(masks, terms, vectors, strict=True)
-        ]
-
     solution = conjugate_gradient(matvec, residuals, cg_iterations, precondition)
     score = denoiser_vjp(pull_back(solution), retain=False)
-    return score * _kalman_bound(observe_all, x.detach(), posterior_scale * score, residuals, masks)
+    bound = _kalman_bound(
+        observe_all, x.detach(), posterior_scale * score, residuals, masks, precondition
+    )
+    return score * bound
 
 
 def _kalman_bound(
-    observe_all, x: Tensor, update: Tensor, residuals: list[Tensor], masks: list[Tensor]
+    observe_all,
+    x: Tensor,
+    update: Tensor,
+    residuals: list[Tensor],
+    masks: list[Tensor],
+    metric: Callable[[list[Tensor]], list[Tensor]],
 ) -> Tensor:
     """Per-sample factor in ``[0, 1]`` that keeps the guided denoiser's update ``Δẑ`` a Kalman
-    update: seen by the observations it moves towards them (``<J_h Δẑ, r> >= 0``) and by no more
-    than the innovation (``|J_h Δẑ| <= |r|``), as ``J_h K`` with a Kalman gain ``K`` does. A
-    Gaussian prior's update is never changed; a learned denoiser's indefinite Jacobian at high
-    noise would otherwise step away from, or far past, the data (docs/method.md §Stability)."""
+    update: seen by the observations it moves towards them (``<J_h Δẑ, r>_M >= 0``) and by no
+    more than the innovation (``|J_h Δẑ|_M <= |r|_M``), in the metric ``M = (Σ + c_t scale² I)^{-1}``
+    (``metric``), as ``J_h K`` with a Kalman gain ``K`` does in the metric of the innovation
+    covariance. A Gaussian prior's update is not changed; a learned denoiser's indefinite
+    Jacobian at high noise would otherwise step away from, or far past, the data. The metric
+    weighs each residual by its error: an uninformative entry (a weak encoded pseudo-observation,
+    far out with a huge variance) neither hides an overshoot elsewhere nor sets the bound
+    (docs/method.md §Stability)."""
     _, pushed = torch.func.jvp(observe_all, (x,), (update.detach(),))
     pushed = [m * p for m, p in zip(masks, pushed, strict=True)]
-    towards = batch_dot(pushed, residuals)
-    ratio = batch_dot(pushed, pushed).sqrt() / batch_dot(residuals, residuals).sqrt().clamp_min(
-        torch.finfo(update.dtype).tiny
-    )
+    towards = batch_dot(pushed, metric(residuals))
+    ratio = batch_dot(pushed, metric(pushed)).sqrt() / batch_dot(
+        residuals, metric(residuals)
+    ).sqrt().clamp_min(torch.finfo(update.dtype).tiny)
     factor = torch.where(ratio > 1, 1 / ratio, torch.ones_like(ratio))
     factor = torch.where(towards >= 0, factor, torch.zeros_like(factor))
     return factor.reshape(-1, *([1] * (update.dim() - 1)))
