@@ -129,11 +129,11 @@ def _kalman_bound(
     update: seen by the observations it moves towards them (``<J_h Δẑ, r>_M >= 0``) and by no
     more than the innovation (``|J_h Δẑ|_M <= |r|_M``), in the metric
     ``M = (Σ + c_t scale² I)^{-1}`` (``metric``), as ``J_h K`` with a Kalman gain ``K`` does in
-    the metric of the innovation covariance. A Gaussian prior's update is not changed; a learned denoiser's indefinite
-    Jacobian at high noise would otherwise step away from, or far past, the data. The metric
-    weighs each residual by its error: an uninformative entry (a weak encoded pseudo-observation,
-    far out with a huge variance) neither hides an overshoot elsewhere nor sets the bound
-    (docs/method.md §Stability)."""
+    the metric of the innovation covariance. A Gaussian prior's update is not changed; a learned
+    denoiser's indefinite Jacobian at high noise would otherwise step away from, or far past, the
+    data. The metric weighs each residual by its error: an uninformative entry (a weak encoded
+    pseudo-observation, far out with a huge variance) neither hides an overshoot elsewhere nor
+    sets the bound (docs/method.md §Stability)."""
     _, pushed = torch.func.jvp(observe_all, (x,), (update.detach(),))
     pushed = [m * p for m, p in zip(masks, pushed, strict=True)]
     towards = batch_dot(pushed, metric(residuals))
