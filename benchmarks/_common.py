@@ -1,5 +1,5 @@
 """What every benchmark records (the machine, results as JSON plus a Markdown table) and the
-background-error covariance they all estimate from the validation split."""
+options and windows of the benchmarks that assimilate fresh test windows."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import xarray as xr
 
-from slams_diffusers.covariance import SpectralCovariance, estimate_background_covariance
-from slams_diffusers.data.testbed import assimilation_cases
+from slams_diffusers.covariance import SpectralCovariance
+from slams_diffusers.data.testbed import assimilation_cases, validation_covariance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,20 +47,6 @@ def write(name: str, payload: dict, columns: list[str], rows: list[dict], title:
     lines += ["", "Machine: " + ", ".join(f"{k}={v}" for k, v in payload["machine"].items()), ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
-
-
-def validation_covariance(
-    dataset, window: int = 5, cases_per_trajectory: int = 2, **setup
-) -> SpectralCovariance:
-    """The benchmarks' B: spectral, estimated from the (background, truth) pairs of the
-    validation split (``cases_per_trajectory`` windows per trajectory, seed 1; ``setup`` as
-    ``assimilation_cases``), never from the windows scored."""
-    validation = assimilation_cases(
-        dataset, "val", window, cases_per_trajectory, seed=1, observations=False, **setup
-    )
-    return estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
 
 
 def add_window_arguments(

@@ -70,14 +70,14 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from _common import RESULTS, machine, validation_covariance, write
+from _common import RESULTS, machine, write
 from torch import Tensor
 
 from slams_diffusers import Gridded, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.baselines.qg_ensemble import case_generator, cycle_ensemble, forecast_ensemble
 from slams_diffusers.data.qg import QGConfig, QGModel
-from slams_diffusers.data.testbed import assimilation_cases
+from slams_diffusers.data.testbed import assimilation_cases, validation_covariance
 from slams_diffusers.metrics import crps, rmse, score_ensemble, spread_skill_ratio
 from slams_diffusers.observations import Observation
 

@@ -3,7 +3,8 @@
 A training run of ``train_score.py --snapshot_steps N`` keeps the EMA score model every ``N``
 steps in ``RUN/snapshots/step-N``. Each snapshot goes into the run's final pipeline
 (``RUN/pipeline``: same autoencoder, encoders and scheduler; while a latent run still trains,
-``--stage1`` gives them) and assimilates the same fresh
+``--stage1`` gives them, and while a pixel-space run trains, without ``--stage1``, the train
+split's level statistics of ``--data``) and assimilates the same fresh
 held-out windows (``assimilation_cases(dataset, "test", 5, 2, seed=--seed)``; default
 observations; spectral B from the validation split; nothing tuned). Runs given together (a latent
 run and its pixel-space SDA twin) are compared at equal optimiser steps. The wall time is the
@@ -28,6 +29,7 @@ import torch
 from _common import add_window_arguments, fresh_windows, machine, write
 
 from slams_diffusers import (
+    LevelNormalizer,
     ObservationEncoder,
     ScoreNet,
     SLAMSPipeline,
@@ -35,6 +37,7 @@ from slams_diffusers import (
     VPPredictorCorrectorScheduler,
 )
 from slams_diffusers.baselines import optimal_interpolation
+from slams_diffusers.data.datasets import LevelStatistics
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
 
 
@@ -48,16 +51,30 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def run_pipeline(run: Path, stage1: str | None) -> SLAMSPipeline:
-    """The run's final pipeline, or, while it trains, one made of ``stage1``'s autoencoder and
-    encoder and the cosine scheduler ``train_score.py`` uses (the score model is replaced by each
-    snapshot)."""
-    if (run / "pipeline").is_dir() or stage1 is None:
+def run_pipeline(run: Path, stage1: str | None, data: str) -> SLAMSPipeline:
+    """The run's final pipeline or, while it trains, one made of the cosine scheduler
+    ``train_score.py`` uses and: for a latent run, ``stage1``'s autoencoder and encoder; for a
+    pixel-space run (SDA; no ``stage1``), the level normaliser ``train_score.py`` builds, from the
+    train split's per-level statistics of ``data``. The score model is replaced by each snapshot."""
+    if (run / "pipeline").is_dir():
         return SLAMSPipeline.from_pretrained(run / "pipeline")
     _, first = snapshots(run)[0]
+    score_model = ScoreNet.from_pretrained(first)
+    scheduler = VPPredictorCorrectorScheduler(schedule="cosine")
+    if stage1 is None:
+        statistics = LevelStatistics.compute(data, split="train")
+        if score_model.config.in_channels != len(statistics.mean):
+            raise ValueError(
+                f"{run} is a latent run still training ({score_model.config.in_channels} "
+                f"channels, {len(statistics.mean)} levels): pass --stage1"
+            )
+        normalizer = LevelNormalizer(
+            levels=len(statistics.mean), spatial_dims=2, **statistics.as_config()
+        )
+        return SLAMSPipeline(score_model=score_model, scheduler=scheduler, autoencoder=normalizer)
     return SLAMSPipeline(
-        score_model=ScoreNet.from_pretrained(first),
-        scheduler=VPPredictorCorrectorScheduler(schedule="cosine"),
+        score_model=score_model,
+        scheduler=scheduler,
         autoencoder=StateAutoencoder.from_pretrained(Path(stage1) / "autoencoder"),
         observation_encoder=ObservationEncoder.from_pretrained(
             Path(stage1) / "observation_encoder"
@@ -90,7 +107,10 @@ def main() -> None:
         "--stage1",
         default=None,
         help="for a latent run still training (no RUN/pipeline yet): the stage-1 folder whose "
-        "autoencoder and observation encoder it trains on",
+        "autoencoder and observation encoder it trains on; without it such a run is pixel space",
+    )
+    parser.add_argument(
+        "--at", type=int, nargs="+", default=None, help="only these steps (default: every one)"
     )
     add_window_arguments(
         parser, windows=4, seed=29, name="training_budget", data="data/qg-large.zarr", pipeline=None
@@ -113,10 +133,12 @@ def main() -> None:
             {"run": label, "steps": "", "wall [min]": "", "RMSE": f"{mean:.3f} ± {error:.3f}"}
         )
     for run in map(Path, args.runs):
-        pipe = run_pipeline(run, args.stage1)
+        pipe = run_pipeline(run, args.stage1, args.data)
         pipe.set_progress_bar_config(disable=True)
         walls = wall_seconds(run)
         for step, folder in snapshots(run):
+            if args.at and step not in args.at:
+                continue
             pipe.score_model = ScoreNet.from_pretrained(folder).eval()
             scores = {"rmse": [], "crps": [], "spread_skill": []}
             seconds = 0.0
@@ -131,6 +153,7 @@ def main() -> None:
                     background_error_covariance=covariance,
                     num_members=args.members,
                     num_inference_steps=args.steps,
+                    spread_inflation=1.0,  # nothing fitted: the prior's own spread
                     generator=generators,
                     output_type="pt",
                 ).members

@@ -29,12 +29,16 @@ from pathlib import Path
 
 import torch
 import xarray as xr
-from _common import machine, validation_covariance, write
+from _common import machine, write
 from torch import Tensor
 
 from slams_diffusers import Gridded, LevelNormalizer, SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
-from slams_diffusers.data.testbed import assimilation_cases, default_observations
+from slams_diffusers.data.testbed import (
+    assimilation_cases,
+    default_observations,
+    validation_covariance,
+)
 from slams_diffusers.metrics import ensemble_spread, rmse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +59,9 @@ def harder_observations(truth, pressures, generator):
     )
 
 
-def assimilate(pipe, background, observations, covariance, members, steps, seed):
+def assimilate(pipe, background, observations, covariance, members, steps, seed, **options):
+    """The pipeline's members ``(N, T, levels, *space)`` and the seconds they took; ``options``
+    go to the call."""
     generators = [torch.Generator().manual_seed(seed * 1000 + m) for m in range(members)]
     start = time.perf_counter()
     out = pipe(
@@ -66,6 +72,7 @@ def assimilate(pipe, background, observations, covariance, members, steps, seed)
         num_inference_steps=steps,
         generator=generators,
         output_type="pt",
+        **options,
     )
     return out.members, time.perf_counter() - start
 

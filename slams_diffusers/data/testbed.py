@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from ..covariance import SpectralCovariance, estimate_background_covariance
 from ..observations import Observation
 from .observing import satellite_channels, station_network
 from .qg import QGConfig, QGModel
@@ -28,6 +29,7 @@ __all__ = [
     "background_error_std",
     "default_observations",
     "DEFAULT_SATELLITE_PEAKS",
+    "validation_covariance",
 ]
 
 #: Peak pressures [hPa] of the default satellite instrument's three channels.
@@ -198,3 +200,17 @@ def background_error_std(cases: Sequence[AssimilationCase]) -> Tensor:
     dims = [d for d in range(errors.ndim) if d != 2]
     rms = errors.double().pow(2).mean(dim=dims).sqrt().float()
     return rms.reshape(levels, *([1] * (errors.ndim - 3)))
+
+
+def validation_covariance(
+    dataset: xr.Dataset, window: int = 5, cases_per_trajectory: int = 2, **setup
+) -> SpectralCovariance:
+    """The testbed's ``B``: spectral, estimated from the (background, truth) pairs of the
+    validation split (``cases_per_trajectory`` windows per trajectory, seed 1; ``setup`` as
+    :func:`assimilation_cases`), never from the windows scored."""
+    validation = assimilation_cases(
+        dataset, "val", window, cases_per_trajectory, seed=1, observations=False, **setup
+    )
+    return estimate_background_covariance(
+        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
+    )

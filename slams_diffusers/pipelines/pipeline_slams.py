@@ -28,6 +28,7 @@ from ..guidance import (
     latent_background_term,
     resolve_routes,
 )
+from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation
@@ -100,8 +101,11 @@ def _check_pipeline_folder(path: str) -> None:
     except ValueError as error:
         raise ValueError(f"{index}: not valid JSON ({error})") from error
     for name, entry in entries.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
-            continue
+        component = (
+            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        )
+        if name.startswith("_") or not component:
+            continue  # metadata, an absent optional component or a setting (spread_inflation)
         folder = os.path.join(path, name)
         configs = ("config.json", "scheduler_config.json")
         if not os.path.isdir(folder):
@@ -186,6 +190,11 @@ class SLAMSPipeline(DiffusionPipeline):
             route, or ``None``.
         background_covariance: the background-error covariance ``B`` the pipeline was calibrated
             with (:mod:`slams_diffusers.covariance`), used when a call declares none; or ``None``.
+
+    Config:
+        spread_inflation: ``ρ`` fitted on validation windows (one factor or one per level,
+            :mod:`slams_diffusers.inflation`), the default of a call's ``spread_inflation``; or
+            ``None`` (no inflation). Saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "observation_encoder->score_model->autoencoder"
@@ -199,6 +208,7 @@ class SLAMSPipeline(DiffusionPipeline):
         autoencoder=None,
         observation_encoder=None,
         background_covariance=None,
+        spread_inflation: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if autoencoder is None:
@@ -213,6 +223,7 @@ class SLAMSPipeline(DiffusionPipeline):
             observation_encoder=observation_encoder,
             background_covariance=background_covariance,
         )
+        self.register_to_config(spread_inflation=spread_inflation)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -755,6 +766,7 @@ class SLAMSPipeline(DiffusionPipeline):
         background_error_covariance: Any = None,
         background_error_length_scale: float | None = None,
         analysis: str = "auto",
+        spread_inflation: float | Sequence[float] | None = None,
         climatology_snr: tuple[float, float] | None = (0.05, 0.2),
         num_frames: int | None = None,
         member_batch_size: int | None = None,
@@ -803,6 +815,11 @@ class SLAMSPipeline(DiffusionPipeline):
                 :mod:`slams_diffusers.analysis`), or
                 ``"auto"``: ``"filtered"`` with a background and a learned autoencoder, else
                 ``"full"``.
+            spread_inflation: ``ρ`` (one factor or one per level): the members are widened
+                about their mean, ``x̄ + ρ_l (x_i − x̄)`` (docs/method.md §Spread inflation;
+                the mean is unchanged). Default: the pipeline's ``spread_inflation`` config,
+                fitted on validation windows (``training/fit_spread_inflation.py``), else 1;
+                pass 1 for the uninflated ensemble. Not applied to ``output_type="latent"``.
             climatology_snr: where the learned ε gives way to the climatology's at high noise
                 (:class:`~slams_diffusers.guidance.GuidedScore`); ``None`` never.
             num_frames: window length when there is no background (default: the score window).
@@ -840,6 +857,9 @@ class SLAMSPipeline(DiffusionPipeline):
                 "`callback_on_step_end_tensor_inputs` may only name "
                 f"{self._callback_tensor_inputs}, got {sorted(unknown)}"
             )
+        if spread_inflation is None:
+            spread_inflation = self.config.get("spread_inflation") or 1.0
+        spread_inflation = spread_inflation_factors(spread_inflation, self.levels)
         observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
             covariance = self._background_covariance(
@@ -919,6 +939,7 @@ class SLAMSPipeline(DiffusionPipeline):
                 members = members + self._unresolved_part(
                     analysis, background.to(device, dtype), covariance, members, observed, generator
                 )
+            members = inflate_spread(members, spread_inflation, level_dim=2)
             self._warn_out_of_range(members)
         output = self._to_output(members, latents, output_type, template)
         self.maybe_free_model_hooks()
