@@ -26,9 +26,9 @@ import torch
 import xarray as xr
 from _common import machine, write
 
-from slams_diffusers import SLAMSPipeline, estimate_background_covariance
+from slams_diffusers import SLAMSPipeline
 from slams_diffusers.baselines import optimal_interpolation
-from slams_diffusers.data.testbed import assimilation_cases
+from slams_diffusers.data.testbed import assimilation_cases, validation_covariance
 from slams_diffusers.hub import pipeline_card
 from slams_diffusers.metrics import rmse, score_ensemble
 
@@ -86,12 +86,8 @@ def main() -> None:
 
     dataset = xr.open_zarr(args.data)
     setup = {"lead_hours": args.lead_hours, "perturbation_std": args.perturbation_std}
-    validation = assimilation_cases(
-        dataset, "val", 5, args.cases_per_trajectory, seed=1, observations=False, **setup
-    )
-    covariance = estimate_background_covariance(
-        torch.stack([c.background for c in validation]), torch.stack([c.truth for c in validation])
-    )
+    covariance = validation_covariance(dataset, 5, args.cases_per_trajectory, **setup)
+    pairs = int((dataset["split"].values == "val").sum()) * args.cases_per_trajectory
     cases = assimilation_cases(
         dataset, "test", 5, args.cases_per_trajectory, seed=args.seed, **setup
     )[: args.test_cases]
@@ -124,7 +120,7 @@ def main() -> None:
         "steps": args.steps,
         "corrections": args.corrections,
         "likelihood_covariance": "moment_matching",
-        "background_error_covariance": f"spectral, estimated on {len(validation)} validation "
+        "background_error_covariance": f"spectral, estimated on {pairs} validation "
         "(background, truth) pairs",
         **setup,
         "background_rmse": background,
