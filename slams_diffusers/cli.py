@@ -233,6 +233,7 @@ def _assimilate(args: argparse.Namespace) -> int:
                     background_error_std=std,
                     background_error_covariance=covariance,
                     background_error_length_scale=args.background_error_length_scale,
+                    spread_inflation=args.spread_inflation,
                     generator=member_generators(args.seed, w, args.members),
                     output_type="xarray",
                 )
@@ -689,6 +690,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", type=_positive_int, default=32)
     add("--guidance", choices=["auto", "latent", "decoded"], default="auto")
     add("--analysis", default=None, help="how latents become states (SLAMSPipeline's analysis)")
+    add(
+        "--spread-inflation",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        help="one factor, or one per level, widening the members about their mean (default: the "
+        "pipeline's, fitted on validation windows; 1: uninflated)",
+    )
     add("--window-length", type=_positive_int, default=None, help="default: the model's window")
     add("--seed", type=int, default=0, help="window w, member m draw from seed (seed, w, m)")
     add("--out", required=True, help="the analysis file (.nc)")

@@ -134,6 +134,18 @@ def test_the_length_scale_flag_reaches_the_pipeline(files, tmp_path):
     np.testing.assert_allclose(written, expected.numpy(), rtol=0, atol=1e-4)
 
 
+def test_the_spread_inflation_flag_reaches_the_pipeline(files, tmp_path):
+    """``--spread-inflation 1`` is ``spread_inflation=[1.0]`` of the Python API (the embedded
+    pipeline's fitted factors switched off): the same first window, as above."""
+    out = tmp_path / "uninflated.nc"
+    assert main(assimilate_argv(files["folder"], out, "--spread-inflation", "1")) == 0
+    expected = python_api_window(files, 0, spread_inflation=1.0)
+    written = xr.load_dataset(out)["members"].isel(time=slice(0, 5)).values
+    np.testing.assert_allclose(written, expected.numpy(), rtol=0, atol=1e-4)
+    inflated = python_api_window(files, 0)
+    assert np.abs(inflated.numpy() - written).max() > 1e-2
+
+
 def test_the_file_carries_the_background_coordinates_and_attributes(files, one_process):
     written = xr.load_dataset(one_process)
     truth = files["truth"]
