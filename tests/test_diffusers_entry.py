@@ -54,7 +54,11 @@ def test_code_planted_in_a_pipeline_folder_never_runs(tmp_path):
     payload = f"open({str(marker)!r}, 'w').write('ran')\n"
     (folder / "pipeline.py").write_text(payload)
     index = json.loads((folder / "model_index.json").read_text())
-    components = {k: v[0] for k, v in index.items() if isinstance(v, list)}
+    components = {  # [module, class] pairs; settings such as spread_inflation are not components
+        k: v[0]
+        for k, v in index.items()
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(e, str) for e in v)
+    }
     assert set(components) == {"score_model", "autoencoder", "observation_encoder", "scheduler"}
     for component, module in components.items():
         (folder / component / f"{module}.py").write_text(payload)
