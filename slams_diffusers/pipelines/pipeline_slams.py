@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from .. import hub
 from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
 from ..covariance import DiagonalCovariance, SpectralCovariance
 from ..guidance import (
@@ -43,102 +43,6 @@ BACKGROUND_RANGE_STD = 10.0
 """A background level whose mean lies more than this many climatological std from the training
 data's level mean is refused (°C given for K, levels in another order, another variable)."""
 CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
-
-
-def _looks_local(path: str) -> bool:
-    """Whether ``path`` can only be a folder, never a Hub repo id ``org/name``."""
-    return (
-        path.startswith(("/", ".", "~"))
-        or (os.sep != "/" and os.sep in path)
-        or path.count("/") != 1
-        or os.path.exists(path)
-    )
-
-
-def _check_safetensors(file: str) -> None:
-    """``ValueError`` unless ``file`` is a complete safetensors file: an 8-byte header length, a
-    JSON header, and exactly the data its tensors' offsets describe."""
-    size = os.path.getsize(file)
-    with open(file, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < length <= size - 8:
-            raise ValueError(
-                f"{file}: not a complete safetensors file ({size} bytes, header length "
-                f"{length}); the file is truncated or corrupted: download or save it again"
-            )
-        try:
-            header = json.loads(handle.read(length))
-            end = max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
-        except (ValueError, KeyError, TypeError, IndexError) as error:
-            raise ValueError(
-                f"{file}: the safetensors header is unreadable ({error}); the file is corrupted: "
-                "download or save it again"
-            ) from error
-    if 8 + length + end != size:
-        raise ValueError(
-            f"{file}: {size} bytes, but its header describes {8 + length + end}; the file is "
-            "truncated or corrupted: download or save it again"
-        )
-
-
-def _check_pipeline_folder(path: str) -> None:
-    """``ValueError`` for a folder that is not a complete saved pipeline: no readable
-    ``model_index.json``, a listed component without its folder or config, or a weights file
-    that is not a complete safetensors file."""
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise ValueError(
-            f"`pretrained_model_name_or_path`: {path!r} has no model_index.json; expected a "
-            "folder written by SLAMSPipeline.save_pretrained"
-        )
-    try:
-        with open(index) as handle:
-            entries = json.load(handle)
-    except ValueError as error:
-        raise ValueError(f"{index}: not valid JSON ({error})") from error
-    for name, entry in entries.items():
-        component = (
-            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
-        )
-        if name.startswith("_") or not component:
-            continue  # metadata, an absent optional component or a setting (spread_inflation)
-        folder = os.path.join(path, name)
-        configs = ("config.json", "scheduler_config.json")
-        if not os.path.isdir(folder):
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: component {name!r} ({entry[-1]}) is listed in "
-                f"{index} but the folder {folder!r} is missing; expected the complete folder "
-                "written by save_pretrained"
-            )
-        if not any(os.path.isfile(os.path.join(folder, c)) for c in configs):
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: component {name!r} has no config.json in "
-                f"{folder!r}; expected the complete folder written by save_pretrained"
-            )
-        for file in sorted(os.listdir(folder)):
-            if file.endswith(".safetensors"):
-                _check_safetensors(os.path.join(folder, file))
-
-
-def _check_finite_weights(pipe: DiffusionPipeline, path: str) -> None:
-    """``ValueError`` naming the component whose loaded weights hold NaN or inf."""
-    for name, component in pipe.components.items():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        tensors = [t for t in (*component.parameters(), *component.buffers())]
-        tensors = [t for t in tensors if t.is_floating_point()]
-        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
-        if bad:
-            total = sum(t.numel() for t in tensors)
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: {bad} of {total} weights of component {name!r} "
-                f"in {os.path.join(path, name)!r} are NaN or inf; the weights file is corrupted: "
-                "download or save it again"
-            )
 
 
 @dataclass
@@ -233,43 +137,12 @@ class SLAMSPipeline(DiffusionPipeline):
         diffusers cannot resolve plugin classes from a repo id by itself, hence the download.
         """
         path = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(path) and _looks_local(path):
-            found = "is a file" if os.path.exists(path) else "does not exist"
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: the folder {path!r} {found} (working directory "
-                f"{os.getcwd()!r}); expected a folder written by save_pretrained or a Hub repo id "
-                "'org/name'"
-            )
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import (
-                HfHubHTTPError,
-                HFValidationError,
-                LocalEntryNotFoundError,
-            )
-
-            hub_kwargs = {
-                key: kwargs.pop(key)
-                for key in ("revision", "cache_dir", "token", "local_files_only")
-                if key in kwargs
-            }
-            try:
-                path = snapshot_download(path, **hub_kwargs)
-            except HFValidationError as error:
-                raise ValueError(
-                    f"`pretrained_model_name_or_path`: {path!r} is neither a folder (working "
-                    f"directory {os.getcwd()!r}) nor a valid Hub repo id 'org/name'"
-                ) from error
-            except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-                raise OSError(
-                    f"Could not load pipeline {pretrained_model_name_or_path!r}: it is not a local "
-                    f"folder (working directory {os.getcwd()!r}) and the Hub repo could not be "
-                    "fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no such "
-                    f"repo): {' '.join(str(error).split())}"
-                ) from error
-        _check_pipeline_folder(path)
+            hub_kwargs = {key: kwargs.pop(key) for key in hub.HUB_KWARGS if key in kwargs}
+            path = hub.download_pipeline(pretrained_model_name_or_path, **hub_kwargs)
+        hub.check_pipeline_folder(path)
         pipe = super().from_pretrained(path, **kwargs)
-        _check_finite_weights(pipe, path)
+        hub.check_finite_weights(pipe, path)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card=None, **kwargs):
@@ -277,9 +150,7 @@ class SLAMSPipeline(DiffusionPipeline):
         ``model_card`` (see :func:`slams_diffusers.hub.model_card`) is written as ``README.md``."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card is not None:
-            from ..hub import save_model_card
-
-            save_model_card(model_card, save_directory)
+            hub.save_model_card(model_card, save_directory)
 
     # ------------------------------------------------------------------ spaces
     @property
