@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..covariance import BackgroundCovariance
-from ..observations import Observation, _as_int
+from ..observations import Observation, _as_int, check_observations
 
 __all__ = ["NOISE_VARIANCE_FLOOR", "optimal_interpolation"]
 
@@ -91,22 +91,14 @@ def optimal_interpolation(
 
     time_dim = background.ndim - len(state_shape) - 1
     steps = background.shape[time_dim]
-    if isinstance(observations, Observation):
-        observations = [observations]
-    used: list[Observation] = []
-    for i, observation in enumerate(observations):
-        if not isinstance(observation, Observation):
-            raise ValueError(
-                f"observations[{i}]: expected an Observation, got {type(observation).__name__}"
-            )
-        if not 0 <= observation.time_index < steps:
-            raise ValueError(
-                f"observations[{i}]: time_index {observation.time_index} out of range for a "
-                f"background with T={steps} steps (expected 0 <= time_index < {steps})"
-            )
-        observation.check_state(covariance.levels, covariance.grid_shape)
-        if observation.num_observed > 0:
-            used.append(observation.to(device=background.device, dtype=background.dtype))
+    observations = check_observations(
+        observations, steps=steps, levels=covariance.levels, space=tuple(covariance.grid_shape)
+    )
+    used = [
+        o.to(device=background.device, dtype=background.dtype)
+        for o in observations
+        if o.num_observed > 0
+    ]
 
     x_b = background.detach()
     if not used or iterations == 0:

@@ -31,7 +31,7 @@ from ..guidance import (
 from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
-from ..observations import Background, Observation
+from ..observations import Background, Observation, check_observations
 
 logger = logging.get_logger(__name__)
 
@@ -385,27 +385,7 @@ class SLAMSPipeline(DiffusionPipeline):
                 f"`generator` is a list of {len(generator)} generators; expected one per member "
                 f"({num_members})"
             )
-        for index, observation in enumerate(observations):
-            if not isinstance(observation, Observation):
-                raise ValueError(
-                    f"`observations[{index}]` must be an Observation, "
-                    f"got {type(observation).__name__}"
-                )
-            try:
-                observation.check_state(grid.levels, grid.space)
-            except ValueError as error:
-                raise ValueError(
-                    f"`observations[{index}]` ({observation.modality!r}) does not fit the state "
-                    f"(levels={grid.levels}, space={grid.space}): {error}"
-                ) from error
-            if not 0 <= observation.time_index < grid.time:
-                raise ValueError(
-                    f"`observations[{index}].time_index` is {observation.time_index}; expected "
-                    f"0 <= time_index < {grid.time} (the window length)"
-                )
-            noise = torch.as_tensor(observation.noise_std)
-            if (noise < 0).any():
-                raise ValueError(f"`observations[{index}].noise_std` must be >= 0")
+        check_observations(observations, steps=grid.time, levels=grid.levels, space=grid.space)
 
     # ------------------------------------------------------------------ likelihood terms
     def likelihood_terms(
