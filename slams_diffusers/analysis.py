@@ -26,7 +26,7 @@ conditioned on them too (a linear-Gaussian update, drawn exactly with perturbed 
     ρ_s ~ N(ρ_b − B_⊥ S⁻¹ ρ_b, P),  P = B_⊥ − B_⊥ S⁻¹ B_⊥,  ε' ~ N(0, R_y),
 
 which is the OI/3D-Var analysis of ``D(z_a) + ρ_s`` with prior covariance ``P`` and perturbed
-observations (:func:`~slams_diffusers.baselines.oi.optimal_interpolation`, linear operators).
+observations (:func:`~slams_diffusers.linear_update.linear_gaussian_update`, linear operators).
 To the extent that ``z_a`` is a draw of ``p(z | x_b, y)``, ``(z_a, ρ_a)`` is a draw of the joint
 posterior; dense, precise observations then correct the scales the latent cannot carry.
 """
@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .baselines.oi import optimal_interpolation
 from .covariance import BackgroundCovariance, SpectralCovariance
+from .linear_update import linear_gaussian_update
 from .observations import Observation
 
 __all__ = ["ANALYSES", "ResidualPosterior", "residual_posterior", "unresolved_error_covariance"]
@@ -105,7 +105,7 @@ class ResidualPosterior:
             noise = _white_noise(o.values, generator) * o.noise_variance().sqrt()
             perturbed.append(o.replace_values(o.values + noise))
         first_guess = (resolved + draw).double()
-        analysis = optimal_interpolation(first_guess, perturbed, self.covariance)
+        analysis = linear_gaussian_update(first_guess, perturbed, self.covariance)
         return (analysis - resolved.double()).to(self.mean)
 
 

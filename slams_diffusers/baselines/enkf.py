@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..linear_update import NOISE_VARIANCE_FLOOR
 from ..observations import Observation, check_observations
 from .localization import (
     _check_radius,
@@ -49,7 +50,6 @@ from .localization import (
     grid_positions,
     observation_positions,
 )
-from .oi import NOISE_VARIANCE_FLOOR
 
 __all__ = ["letkf", "stochastic_enkf"]
 
