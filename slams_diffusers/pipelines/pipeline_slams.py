@@ -32,17 +32,12 @@ from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation, check_observations
+from .inputs import Grid, problem_grid, read_background
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
 _DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
-
-
-BACKGROUND_RANGE_STD = 10.0
-"""A background level whose mean lies more than this many climatological std from the training
-data's level mean is refused (°C given for K, levels in another order, another variable)."""
-CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
 
 
 @dataclass
@@ -63,17 +58,6 @@ class AssimilationOutput(BaseOutput):
     std: Any
     latents: Tensor
     dataset: xr.Dataset | None = None
-
-
-@dataclass
-class _Grid:
-    """Shapes of one assimilation problem."""
-
-    time: int
-    levels: int
-    space: tuple[int, ...]
-    latent_channels: int
-    latent_space: tuple[int, ...]
 
 
 class SLAMSPipeline(DiffusionPipeline):
@@ -185,163 +169,12 @@ class SLAMSPipeline(DiffusionPipeline):
         return self.autoencoder.decode(latent)
 
     # ------------------------------------------------------------------ validation
-    def _read_background(self, background: Any) -> tuple[Tensor | None, xr.DataArray | None]:
-        """The ``background`` argument as a tensor ``(time, level, *space)`` and its template."""
-        if background is None:
-            return None, None
-        template = None
-        if isinstance(background, xr.DataArray):
-            if "level" not in background.dims:
-                raise ValueError(
-                    f"`background` must have a 'level' dimension, found dims {background.dims}"
-                )
-            template = background if "time" in background.dims else background.expand_dims("time")
-            space_dims = [d for d in template.dims if d not in ("time", "level")]
-            template = template.transpose("time", "level", *space_dims)
-            units = str(template.attrs.get("units", "K")).strip()
-            if units in CELSIUS_UNITS:
-                raise ValueError(
-                    f"`background` is in {units!r} (its units attribute); expected K (add 273.15)"
-                )
-            self._check_background_levels(template)
-            # a flipped axis (e.g. latitude 90..-90 read ascending) is a negative-stride view
-            values = torch.as_tensor(np.ascontiguousarray(template.values))
-        elif isinstance(background, np.ndarray):
-            values = torch.as_tensor(np.ascontiguousarray(background))
-        elif isinstance(background, Tensor):
-            values = background
-        else:
-            raise ValueError(
-                "`background` must be an xarray.DataArray, a tensor or an array of shape "
-                f"(time, level, *space), got {type(background).__name__}"
-            )
-        rank = 2 + self.spatial_dims
-        if values.dim() == rank - 1:
-            values = values.unsqueeze(0)
-        if values.dim() != rank:
-            raise ValueError(
-                f"`background` must have shape (time, level, *space) or (level, *space) with "
-                f"{self.spatial_dims} spatial dims, got shape {tuple(values.shape)}"
-            )
-        if not torch.isfinite(values).all():
-            raise ValueError("`background` contains NaN or infinite values; it must be complete")
-        return values, template
-
-    def _check_background_levels(self, template: xr.DataArray) -> None:
-        """``ValueError`` when the background's ``level`` coordinate (hPa, or Pa by its units) is
-        not the model's recorded ``levels_hpa`` in the same order."""
-        expected = self.autoencoder.config.get("levels_hpa")
-        if expected is None or "level" not in template.coords:
-            return
-        coordinate = template.coords["level"]
-        found = np.asarray(coordinate.values, dtype=float).reshape(-1)
-        if str(coordinate.attrs.get("units", "hPa")).strip().lower() in ("pa", "pascal"):
-            found = found / 100.0
-        if found.shape == (len(expected),) and np.allclose(found, expected, rtol=1e-6):
-            return
-        hint = ""
-        if found.shape == (len(expected),) and np.allclose(found[::-1], expected, rtol=1e-6):
-            hint = " (reversed order: use background.isel(level=slice(None, None, -1)))"
-        elif set(np.round(found, 6)) == set(np.round(expected, 6)):
-            hint = " (another order: use background.sel(level=levels))"
-        raise ValueError(
-            f"`background` has levels {found.tolist()} hPa{hint}; the model was trained on "
-            f"{list(expected)} hPa, in that order"
-        )
-
-    def _check_background_range(self, values: Tensor) -> None:
-        """``ValueError`` when a level's mean ``(time, level, *space)`` lies more than
-        :data:`BACKGROUND_RANGE_STD` climatological std from the training data's level mean: a
-        background in °C, with levels in another order, or of another variable."""
-        config = self.autoencoder.config
-        if config.level_mean is None or config.level_std is None:
-            return
-        mean = torch.as_tensor(config.level_mean, dtype=torch.float64)
-        std = torch.as_tensor(config.level_std, dtype=torch.float64)
-        if values.shape[1] != mean.numel():
-            return  # the level count is refused with its own message
-        found = values.double().transpose(0, 1).reshape(mean.numel(), -1).mean(1)
-        distance = ((found - mean) / std).abs()
-        if float(distance.max()) <= BACKGROUND_RANGE_STD:
-            return
-        level = int(distance.argmax())
-        hint = ""
-        if float(((found + 273.15 - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
-            hint = " It looks like °C: the model works in K (add 273.15)."
-        elif float(((found.flip(0) - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
-            hint = " The levels look reversed: give them in the model's order."
-        raise ValueError(
-            f"`background` level {level} has mean {float(found[level]):.2f}, "
-            f"{float(distance[level]):.0f} std from the model's training data there "
-            f"({float(mean[level]):.2f} ± {float(std[level]):.2f} K).{hint} Expected levels in the "
-            f"order and units of the training data, level means "
-            f"{[round(v, 1) for v in mean.tolist()]}"
-        )
-
-    def _grid(
-        self, background: Tensor | None, observations: Sequence[Observation], num_frames: int | None
-    ) -> _Grid:
-        if background is None and not observations:
-            raise ValueError(
-                "Nothing to assimilate: pass `background=` (a forecast) and/or `observations=` "
-                "(Observation objects)"
-            )
-        if background is not None:
-            time, levels, *space = background.shape
-            if levels != self.levels:
-                raise ValueError(
-                    f"`background` has {levels} levels but the model expects {self.levels}"
-                )
-        else:
-            shapes = {tuple(o.grid_shape) for o in observations}
-            if len(shapes) != 1:
-                raise ValueError(
-                    "Without a `background`, the observations must share one `grid_shape`; "
-                    f"found {sorted(shapes)}"
-                )
-            space = shapes.pop()
-            time = self.window if num_frames is None else num_frames
-            levels = self.levels
-        space = tuple(int(s) for s in space)
-        if len(space) != self.spatial_dims:
-            raise ValueError(
-                f"the state must have {self.spatial_dims} spatial dims, got shape {space}"
-            )
-        trained = self.autoencoder.config.get("grid_shape")
-        if trained is not None and space != tuple(trained):
-            source = "`background`" if background is not None else "the observations"
-            raise ValueError(
-                f"the grid of {source}, {space}, is not the grid the model was trained on, "
-                f"{tuple(trained)}; expected inputs on the training grid (regrid them first)"
-            )
-        if time < self.window:
-            raise ValueError(
-                f"the assimilation window has {time} time steps but the score model's "
-                f"Markov-blanket window needs at least `window`={self.window}"
-            )
-        try:
-            latent_space = self.autoencoder.latent_shape(space)
-        except ValueError as error:
-            raise ValueError(
-                f"the state's spatial shape {space} does not fit the autoencoder: {error}"
-            ) from error
-        channels = self.autoencoder.latent_channels
-        widths = getattr(self.score_model.config, "hidden_channels", None)
-        if widths is not None and any(n % 2 ** (len(widths) - 1) for n in latent_space):
-            raise ValueError(
-                f"the score model's grid {latent_space} (state {space}) must be divisible by "
-                f"2^(len(hidden_channels) - 1) = {2 ** (len(widths) - 1)} for its U-Net"
-            )
-        if background is not None:
-            self._check_background_range(background)
-        return _Grid(time, levels, space, channels, latent_space)
-
     def check_inputs(
         self,
         *,
         background: Tensor | None,
         observations: Sequence[Observation],
-        grid: _Grid,
+        grid: Grid,
         num_members: int,
         num_inference_steps: int,
         corrector_steps: int,
@@ -392,7 +225,7 @@ class SLAMSPipeline(DiffusionPipeline):
         self,
         observations: Sequence[Observation],
         routes: Sequence[str],
-        grid: _Grid,
+        grid: Grid,
         device: torch.device,
         dtype: torch.dtype,
     ) -> list[GaussianTerm]:
@@ -684,8 +517,17 @@ class SLAMSPipeline(DiffusionPipeline):
         """
         corrector_steps, tau = self._corrector(corrector_steps, tau)
         observations = list(observations)
-        background, template = self._read_background(background)
-        grid = self._grid(background, observations, num_frames)
+        background, template = read_background(
+            background, self.spatial_dims, self.autoencoder.config.get("levels_hpa")
+        )
+        grid = problem_grid(
+            background,
+            observations,
+            num_frames,
+            autoencoder=self.autoencoder,
+            window=self.window,
+            score_widths=getattr(self.score_model.config, "hidden_channels", None),
+        )
         self.check_inputs(
             background=background,
             observations=observations,
