@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import xarray as xr
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
@@ -33,31 +30,9 @@ from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation, check_observations
 from .inputs import Grid, problem_grid, read_background
+from .outputs import OUTPUT_TYPES, AssimilationOutput, to_output, warn_out_of_range
 
 logger = logging.get_logger(__name__)
-
-OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
-_DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
-
-
-@dataclass
-class AssimilationOutput(BaseOutput):
-    """Result of an assimilation.
-
-    Args:
-        members: analysis ensemble ``(n, time, level, *space)``; latents when
-            ``output_type="latent"``.
-        mean: ensemble mean ``(time, level, *space)``.
-        std: ensemble spread (unbiased standard deviation over members) ``(time, level, *space)``.
-        latents: final latents ``(n, time, c, *space/f)``.
-        dataset: with ``output_type="xarray"``, the members, mean and std as one ``xarray.Dataset``.
-    """
-
-    members: Any
-    mean: Any
-    std: Any
-    latents: Tensor
-    dataset: xr.Dataset | None = None
 
 
 class SLAMSPipeline(DiffusionPipeline):
@@ -251,42 +226,6 @@ class SLAMSPipeline(DiffusionPipeline):
             )
         return terms
 
-    # ------------------------------------------------------------------ outputs
-    def _to_output(
-        self,
-        members: Tensor,
-        latents: Tensor,
-        output_type: str,
-        template: xr.DataArray | None,
-    ) -> AssimilationOutput:
-        count = members.shape[0]
-        mean = members.mean(0)
-        std = members.std(0, correction=1) if count > 1 else torch.zeros_like(mean)
-        if output_type in ("pt", "latent"):
-            return AssimilationOutput(members=members, mean=mean, std=std, latents=latents)
-        arrays = [a.detach().cpu().numpy() for a in (members, mean, std)]
-        if output_type == "np":
-            return AssimilationOutput(*arrays, latents=latents)
-        if template is not None:
-            dims, coords, attrs = template.dims, template.coords, dict(template.attrs)
-            coords = {name: coord for name, coord in coords.items() if set(coord.dims) <= set(dims)}
-        else:
-            space_names = ("y", "x")[-self.spatial_dims :]
-            dims, coords, attrs = ("time", "level", *space_names), {}, {}
-        attrs = {**_DEFAULT_ATTRS, **attrs}
-        members_da = xr.DataArray(arrays[0], dims=("member", *dims), coords=coords, attrs=attrs)
-        members_da = members_da.assign_coords(member=np.arange(count))
-        mean_da = xr.DataArray(arrays[1], dims=dims, coords=coords, attrs=attrs)
-        std_da = xr.DataArray(
-            arrays[2],
-            dims=dims,
-            coords=coords,
-            attrs={**attrs, "long_name": f"ensemble spread of {attrs['long_name']}"},
-        )
-        dataset = xr.Dataset({"members": members_da, "mean": mean_da, "std": std_da})
-        dataset.attrs["source"] = "slams_diffusers.SLAMSPipeline"
-        return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
-
     # ------------------------------------------------------------------ call
     def _background_covariance(
         self, background_error_std, background_error_covariance, background_error_length_scale, grid
@@ -410,28 +349,6 @@ class SLAMSPipeline(DiffusionPipeline):
         config = self.scheduler.config
         steps = config.corrector_steps if corrector_steps is None else corrector_steps
         return steps, (config.tau if tau is None else tau)
-
-    def _warn_out_of_range(self, members: Tensor, threshold: float = 8.0) -> None:
-        """Warn when an analysis leaves the training data's range (``level_mean ± threshold
-        level_std``) by a wide margin: the prior was never trained there."""
-        config = self.autoencoder.config
-        if config.level_mean is None or config.level_std is None:
-            return
-        shape = (-1,) + (1,) * self.spatial_dims
-        mean = torch.as_tensor(config.level_mean).to(members).reshape(shape)
-        std = torch.as_tensor(config.level_std).to(members).reshape(shape)
-        deviation = ((members - mean) / std).abs()
-        worst = float(deviation.max()) if deviation.numel() else 0.0
-        if not worst > threshold:
-            return
-        level = int(deviation.amax(dim=tuple(d for d in range(members.dim()) if d != 2)).argmax())
-        logger.warning(
-            f"The analysis leaves the range of the model's training data: up to {worst:.1f} "
-            f"climatological std from the level mean at level {level} (mean "
-            f"{float(mean.reshape(-1)[level]):.1f}, std {float(std.reshape(-1)[level]):.2f}); "
-            f"extremes {float(members.min()):.4g} to {float(members.max()):.4g}. Check the inputs' "
-            "units and levels, or use more inference steps."
-        )
 
     @torch.no_grad()
     def __call__(
@@ -633,8 +550,9 @@ class SLAMSPipeline(DiffusionPipeline):
                     analysis, background.to(device, dtype), covariance, members, observed, generator
                 )
             members = inflate_spread(members, spread_inflation, level_dim=2)
-            self._warn_out_of_range(members)
-        output = self._to_output(members, latents, output_type, template)
+            config = self.autoencoder.config
+            warn_out_of_range(members, config.level_mean, config.level_std)
+        output = to_output(members, latents, output_type, template, self.spatial_dims)
         self.maybe_free_model_hooks()
         if not return_dict:
             return output.to_tuple()
