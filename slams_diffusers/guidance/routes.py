@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..covariance import DiagonalCovariance, SpectralCovariance
+from ..covariance import SpectralCovariance, default_background_covariance
 from ..models.observation_encoder import fuse_likelihoods, posterior_from_likelihood
 from ..observations import Background, Observation
 from .terms import GaussianTerm
@@ -103,11 +103,13 @@ def resolve_routes(
 
 
 def background_covariance_of(background: Background) -> Any:
-    """``B`` of a background: its ``covariance`` object, else ``diag(noise_std²)``."""
+    """``B`` of a background: its ``covariance`` object, else ``diag(noise_std²)``
+    (:func:`~slams_diffusers.covariance.default_background_covariance`)."""
     if background.covariance is not None:
         return background.covariance
-    std = torch.broadcast_to(torch.as_tensor(background.noise_std), background.values.shape)
-    return DiagonalCovariance.from_std(std, background.num_levels, background.grid_shape)
+    return default_background_covariance(
+        background.noise_std, background.num_levels, background.grid_shape
+    )
 
 
 def _level_scale(observation: Observation, level_std: Tensor) -> Tensor:

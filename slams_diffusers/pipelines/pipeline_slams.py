@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +14,7 @@ from torch import Tensor
 
 from .. import hub
 from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
-from ..covariance import DiagonalCovariance, SpectralCovariance
+from ..covariance import resolve_background_covariance
 from ..guidance import (
     GaussianTerm,
     GuidedScore,
@@ -227,88 +226,6 @@ class SLAMSPipeline(DiffusionPipeline):
         return terms
 
     # ------------------------------------------------------------------ call
-    def _background_covariance(
-        self, background_error_std, background_error_covariance, background_error_length_scale, grid
-    ):
-        """``B``: the declared covariance, else ``background_error_std`` with a horizontal
-        correlation of ``background_error_length_scale`` cells
-        (:meth:`~slams_diffusers.covariance.SpectralCovariance.from_length_scale`, Gaussian), else
-        its diagonal, else the pipeline's ``background_covariance``, else 1 K white. A white
-        ``B`` for a state with horizontal extent gets a warning: it declares the background's
-        large scales nearly exact."""
-        if background_error_length_scale is not None:
-            if background_error_covariance is not None:
-                raise ValueError(
-                    "`background_error_length_scale` shapes `background_error_std`; with "
-                    "`background_error_covariance` give neither of them."
-                )
-            if not grid.space:
-                raise ValueError(
-                    "`background_error_length_scale` needs a state with horizontal extent; "
-                    f"this background is a column {(grid.levels,)}: give `background_error_std`."
-                )
-            length = background_error_length_scale
-            if isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0:
-                raise ValueError(
-                    "`background_error_length_scale` must be a positive number of grid cells, "
-                    f"got {length!r}"
-                )
-            std = 1.0 if background_error_std is None else background_error_std
-            std = torch.as_tensor(std, dtype=torch.float64)
-            if std.numel() not in (1, grid.levels):
-                raise ValueError(
-                    "`background_error_std` with `background_error_length_scale` must be a scalar "
-                    f"or one value per level ({grid.levels}), got shape {tuple(std.shape)}"
-                )
-            if (std < 0).any() or not torch.isfinite(std).all():
-                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
-            return SpectralCovariance.from_length_scale(
-                std.reshape(-1), float(length), grid.space, levels=grid.levels
-            )
-        if background_error_covariance is None and background_error_std is None:
-            background_error_covariance = self.background_covariance
-        if background_error_covariance is None:
-            std = 1.0 if background_error_std is None else background_error_std
-            std = torch.as_tensor(std, dtype=torch.float64)
-            if std.dim() == 1 and std.numel() == grid.levels:
-                std = std.reshape(-1, *([1] * len(grid.space)))
-            try:
-                std = torch.broadcast_to(std, (grid.levels, *grid.space))
-            except RuntimeError as error:
-                raise ValueError(
-                    "`background_error_std` must be a scalar, one value per level "
-                    f"({grid.levels}) or broadcastable to {(grid.levels, *grid.space)}, got shape "
-                    f"{tuple(std.shape)}"
-                ) from error
-            if (std < 0).any() or not torch.isfinite(std).all():
-                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
-            background_error_covariance = DiagonalCovariance.from_std(std, grid.levels, grid.space)
-        if (
-            isinstance(background_error_covariance, DiagonalCovariance)
-            and math.prod(grid.space) > 1
-        ):
-            logger.warning(
-                "A white background-error covariance (errors uncorrelated between grid cells) "
-                "declares the background's large scales nearly exact, so the analysis barely "
-                "moves them; if its errors are correlated, pass `background_error_length_scale` "
-                "(grid cells) with `background_error_std`, or a SpectralCovariance "
-                "(estimate_background_covariance)."
-            )
-        for name in ("apply", "solve", "sample", "variance"):
-            if not callable(getattr(background_error_covariance, name, None)):
-                raise ValueError(
-                    "`background_error_covariance` must be a covariance object with apply, solve, "
-                    f"sample and variance (slams_diffusers.covariance), got "
-                    f"{type(background_error_covariance).__name__}"
-                )
-        found = (background_error_covariance.levels, tuple(background_error_covariance.grid_shape))
-        if found != (grid.levels, grid.space):
-            raise ValueError(
-                f"`background_error_covariance` is for (levels, grid) = {found}; the background "
-                f"has {(grid.levels, grid.space)}"
-            )
-        return background_error_covariance
-
     def _analysis(self, analysis: str, background: Tensor | None) -> str:
         """The analysis ``"auto"`` stands for; ``"full"`` without a background or when ``D ∘ E``
         is the identity (a level normaliser)."""
@@ -472,11 +389,13 @@ class SLAMSPipeline(DiffusionPipeline):
         spread_inflation = spread_inflation_factors(spread_inflation, self.levels)
         observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
-            covariance = self._background_covariance(
+            covariance = resolve_background_covariance(
                 background_error_std,
                 background_error_covariance,
                 background_error_length_scale,
-                grid,
+                levels=grid.levels,
+                grid_shape=grid.space,
+                default=self.background_covariance,
             )
             std = covariance.variance().sqrt().to(background)
             observations += [
