@@ -13,7 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .. import hub
-from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
+from ..analysis import ANALYSES, resolve_analysis, unresolved_part
 from ..covariance import resolve_background_covariance
 from ..guidance import (
     GaussianTerm,
@@ -226,40 +226,6 @@ class SLAMSPipeline(DiffusionPipeline):
         return terms
 
     # ------------------------------------------------------------------ call
-    def _analysis(self, analysis: str, background: Tensor | None) -> str:
-        """The analysis ``"auto"`` stands for; ``"full"`` without a background or when ``D ∘ E``
-        is the identity (a level normaliser)."""
-        if background is None or isinstance(self.autoencoder, LevelNormalizer):
-            return "full"
-        return "filtered" if analysis == "auto" else analysis
-
-    def _unresolved_part(
-        self,
-        analysis: str,
-        background: Tensor,
-        covariance: Any,
-        resolved: Tensor,
-        observations: Sequence[Observation],
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> Tensor:
-        """What the members ``resolved = D(z_a)`` lack: ``ρ_b = x_b − D(E(x_b))`` (incremental) or
-        a draw of its posterior given ``ρ_b`` and the ``observations`` (filtered; docs/method.md
-        §Analysis), drawn with each member's generator after its reverse run."""
-        residual = background - self.decode(self.encode(background[None]))[0]
-        if analysis == "incremental":
-            return residual[None]
-        unresolved = unresolved_error_covariance(
-            lambda state: self.decode(self.encode(state)), background, covariance
-        ).to(background.device)
-        posterior = residual_posterior(residual, unresolved)
-        generators = generator if isinstance(generator, list) else [generator] * len(resolved)
-        return torch.stack(
-            [
-                posterior.sample_given(member, observations, g)
-                for member, g in zip(resolved, generators, strict=True)
-            ]
-        )
-
     def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
         """How many Langevin corrections follow each predictor step, and their ``τ`` (the
         scheduler's config unless given)."""
@@ -462,11 +428,18 @@ class SLAMSPipeline(DiffusionPipeline):
             members = latents
         else:
             members = self.decode(latents)
-            analysis = self._analysis(analysis, background)
+            linear = isinstance(self.autoencoder, LevelNormalizer)
+            analysis = resolve_analysis(analysis, background, linear_autoencoder=linear)
             if analysis != "full":
                 observed = [o for o in observations if not isinstance(o, Background)]
-                members = members + self._unresolved_part(
-                    analysis, background.to(device, dtype), covariance, members, observed, generator
+                members = members + unresolved_part(
+                    analysis,
+                    background.to(device, dtype),
+                    covariance,
+                    members,
+                    observed,
+                    generator,
+                    autoencode=lambda state: self.decode(self.encode(state)),
                 )
             members = inflate_spread(members, spread_inflation, level_dim=2)
             config = self.autoencoder.config
