@@ -16,12 +16,9 @@ from .. import hub
 from ..analysis import ANALYSES, resolve_analysis, unresolved_part
 from ..covariance import resolve_background_covariance
 from ..guidance import (
-    GaussianTerm,
     GuidedScore,
     canonical_covariance,
-    decoded_term,
-    encoded_observation_term,
-    latent_background_term,
+    likelihood_terms,
     resolve_routes,
 )
 from ..inflation import inflate_spread, spread_inflation_factors
@@ -194,38 +191,6 @@ class SLAMSPipeline(DiffusionPipeline):
             )
         check_observations(observations, steps=grid.time, levels=grid.levels, space=grid.space)
 
-    # ------------------------------------------------------------------ likelihood terms
-    def likelihood_terms(
-        self,
-        observations: Sequence[Observation],
-        routes: Sequence[str],
-        grid: Grid,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> list[GaussianTerm]:
-        """Gaussian terms: one per decoded observation, one per latent background step, one fused
-        term per step for the encoded observations (docs/method.md §Routes)."""
-        level_std = torch.as_tensor(
-            self.autoencoder.config.level_std or [1.0] * self.levels, device=device, dtype=dtype
-        )
-        terms, encoded = [], {}
-        for observation, route in zip(observations, routes, strict=True):
-            observation = observation.to(device=device, dtype=dtype)
-            if route == "decoded":
-                terms.append(decoded_term(observation, self.decode, level_std))
-            elif isinstance(observation, Background):
-                terms.append(latent_background_term(observation, self.encode))
-            else:
-                encoded.setdefault(observation.time_index, []).append(observation)
-        for index, items in sorted(encoded.items()):
-            terms.append(
-                encoded_observation_term(
-                    items, index, self.observation_encoder, grid.latent_space, device, dtype
-                )
-            )
-        return terms
-
-    # ------------------------------------------------------------------ call
     def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
         """How many Langevin corrections follow each predictor step, and their ``τ`` (the
         scheduler's config unless given)."""
@@ -379,7 +344,17 @@ class SLAMSPipeline(DiffusionPipeline):
         guided = GuidedScore(
             MarkovBlanketScore(self.score_model),
             self.scheduler.alpha_sigma,
-            self.likelihood_terms(observations, routes, grid, device, dtype),
+            likelihood_terms(
+                observations,
+                routes,
+                encode=self.encode,
+                decode=self.decode,
+                observation_encoder=self.observation_encoder,
+                level_std=self.autoencoder.config.level_std or [1.0] * self.levels,
+                latent_space=grid.latent_space,
+                device=device,
+                dtype=dtype,
+            ),
             likelihood_covariance,
             gamma,
             cg_iterations,
