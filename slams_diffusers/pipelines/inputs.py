@@ -1,6 +1,7 @@
 """The pipeline's inputs, checked before any compute: the background as a tensor (units, level
-order and range against the training data) and the shapes of the problem (docs/method.md
-§Spaces). The observation-list checks shared with the baselines are
+order and range against the training data), the shapes of the problem (docs/method.md §Spaces),
+the call's arguments, and the background as observations of its own (docs/method.md §Background
+covariance). The observation-list checks shared with the baselines are
 :func:`~slams_diffusers.observations.check_observations`."""
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from ..analysis import ANALYSES
 from ..data.datasets import CELSIUS_UNITS
-from ..observations import Observation
+from ..guidance import canonical_covariance
+from ..observations import Background, Observation, check_observations
+from .outputs import OUTPUT_TYPES
 
 __all__ = [
     "BACKGROUND_RANGE_STD",
     "Grid",
     "check_background_levels",
     "check_background_range",
+    "background_observations",
+    "check_inputs",
     "problem_grid",
     "read_background",
 ]
@@ -211,3 +217,72 @@ def problem_grid(
     if background is not None:
         check_background_range(background, config.level_mean, config.level_std)
     return Grid(time, levels, space, channels, latent_space)
+
+
+def check_inputs(
+    *,
+    background: Tensor | None,
+    observations: Sequence[Observation],
+    grid: Grid,
+    num_members: int,
+    num_inference_steps: int,
+    corrector_steps: int,
+    tau: float,
+    likelihood_covariance: str,
+    gamma: float,
+    cg_iterations: int,
+    analysis: str,
+    output_type: str,
+    generator: torch.Generator | list[torch.Generator] | None,
+    member_batch_size: int | None,
+    callback_on_step_end_tensor_inputs: Sequence[str],
+    callback_tensor_inputs: Sequence[str],
+) -> None:
+    """Raise ``ValueError`` for any argument of the pipeline's call that would fail later, before
+    any compute (``grid``: :func:`problem_grid`; ``callback_tensor_inputs``: what the callback
+    may ask for)."""
+    if background is None and not observations:
+        raise ValueError("Nothing to assimilate: `observations` is empty and no `background`")
+    for name, value, low in (
+        ("num_members", num_members, 1),
+        ("num_inference_steps", num_inference_steps, 1),
+        ("corrector_steps", corrector_steps, 0),
+        ("cg_iterations", cg_iterations, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+    if member_batch_size is not None and (
+        not isinstance(member_batch_size, int) or member_batch_size < 1
+    ):
+        raise ValueError(f"`member_batch_size` must be an integer >= 1, got {member_batch_size!r}")
+    if analysis not in ANALYSES:
+        raise ValueError(f"`analysis` must be one of {ANALYSES}, got {analysis!r}")
+    if not tau > 0:
+        raise ValueError(f"`tau` must be > 0, got {tau}")
+    if not gamma >= 0:
+        raise ValueError(f"`gamma` must be >= 0, got {gamma}")
+    canonical_covariance(likelihood_covariance)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if isinstance(generator, list) and len(generator) != num_members:
+        raise ValueError(
+            f"`generator` is a list of {len(generator)} generators; expected one per member "
+            f"({num_members})"
+        )
+    check_observations(observations, steps=grid.time, levels=grid.levels, space=grid.space)
+    unknown = set(callback_on_step_end_tensor_inputs) - set(callback_tensor_inputs)
+    if unknown:
+        raise ValueError(
+            "`callback_on_step_end_tensor_inputs` may only name "
+            f"{callback_tensor_inputs}, got {sorted(unknown)}"
+        )
+
+
+def background_observations(background: Tensor, covariance: Any) -> list[Background]:
+    """The background ``(time, level, *space)`` as one observation per step, its errors of
+    covariance ``B`` = ``covariance`` (docs/method.md §Background covariance)."""
+    std = covariance.variance().sqrt().to(background)
+    return [
+        Background(values=values, noise_std=std, time_index=index, covariance=covariance)
+        for index, values in enumerate(background)
+    ]

@@ -21,6 +21,7 @@ __all__ = [
     "OUTPUT_TYPES",
     "AssimilationOutput",
     "to_output",
+    "warn_non_finite",
     "warn_out_of_range",
 ]
 
@@ -85,6 +86,15 @@ def to_output(
     dataset = xr.Dataset({"members": members_da, "mean": mean_da, "std": std_da})
     dataset.attrs["source"] = "slams_diffusers.SLAMSPipeline"
     return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
+
+
+def warn_non_finite(latents: Tensor) -> None:
+    """Warn when the final ``latents`` hold NaN or inf: the guidance was too stiff."""
+    if not torch.isfinite(latents).all():
+        logger.warning(
+            "The analysis has non-finite values: the guidance was too stiff for the step "
+            "size. Try likelihood_covariance='moment_matching' or more steps."
+        )
 
 
 def warn_out_of_range(

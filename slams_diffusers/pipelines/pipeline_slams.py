@@ -1,4 +1,5 @@
-"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline."""
+"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline that owns the
+sampling loop (docs/method.md §Sampling); what is not the loop lives in modules of its own."""
 
 from __future__ import annotations
 
@@ -8,27 +9,19 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .. import hub
-from ..analysis import ANALYSES, resolve_analysis, unresolved_part
+from ..analysis import resolve_analysis, unresolved_part
 from ..covariance import resolve_background_covariance
-from ..guidance import (
-    GuidedScore,
-    canonical_covariance,
-    likelihood_terms,
-    resolve_routes,
-)
+from ..guidance import GuidedScore, likelihood_terms, resolve_routes
 from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
-from ..observations import Background, Observation, check_observations
-from .inputs import Grid, problem_grid, read_background
-from .outputs import OUTPUT_TYPES, AssimilationOutput, to_output, warn_out_of_range
-
-logger = logging.get_logger(__name__)
+from ..observations import Background, Observation
+from .inputs import background_observations, check_inputs, problem_grid, read_background
+from .outputs import AssimilationOutput, to_output, warn_non_finite, warn_out_of_range
 
 
 class SLAMSPipeline(DiffusionPipeline):
@@ -139,65 +132,6 @@ class SLAMSPipeline(DiffusionPipeline):
         """Diffusion space ``(B, T, c, *space/f)`` -> physical state ``(B, T, levels, *space)``."""
         return self.autoencoder.decode(latent)
 
-    # ------------------------------------------------------------------ validation
-    def check_inputs(
-        self,
-        *,
-        background: Tensor | None,
-        observations: Sequence[Observation],
-        grid: Grid,
-        num_members: int,
-        num_inference_steps: int,
-        corrector_steps: int,
-        tau: float,
-        likelihood_covariance: str,
-        gamma: float,
-        cg_iterations: int,
-        analysis: str,
-        output_type: str,
-        generator: torch.Generator | list[torch.Generator] | None,
-        member_batch_size: int | None,
-    ) -> None:
-        """Raise ``ValueError`` for anything that would fail later, before any compute."""
-        if background is None and not observations:
-            raise ValueError("Nothing to assimilate: `observations` is empty and no `background`")
-        for name, value, low in (
-            ("num_members", num_members, 1),
-            ("num_inference_steps", num_inference_steps, 1),
-            ("corrector_steps", corrector_steps, 0),
-            ("cg_iterations", cg_iterations, 1),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
-        if member_batch_size is not None and (
-            not isinstance(member_batch_size, int) or member_batch_size < 1
-        ):
-            raise ValueError(
-                f"`member_batch_size` must be an integer >= 1, got {member_batch_size!r}"
-            )
-        if analysis not in ANALYSES:
-            raise ValueError(f"`analysis` must be one of {ANALYSES}, got {analysis!r}")
-        if not tau > 0:
-            raise ValueError(f"`tau` must be > 0, got {tau}")
-        if not gamma >= 0:
-            raise ValueError(f"`gamma` must be >= 0, got {gamma}")
-        canonical_covariance(likelihood_covariance)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if isinstance(generator, list) and len(generator) != num_members:
-            raise ValueError(
-                f"`generator` is a list of {len(generator)} generators; expected one per member "
-                f"({num_members})"
-            )
-        check_observations(observations, steps=grid.time, levels=grid.levels, space=grid.space)
-
-    def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
-        """How many Langevin corrections follow each predictor step, and their ``τ`` (the
-        scheduler's config unless given)."""
-        config = self.scheduler.config
-        steps = config.corrector_steps if corrector_steps is None else corrector_steps
-        return steps, (config.tau if tau is None else tau)
-
     @torch.no_grad()
     def __call__(
         self,
@@ -280,7 +214,9 @@ class SLAMSPipeline(DiffusionPipeline):
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` after each
                 predictor-corrector step; may replace ``"latents"``.
         """
-        corrector_steps, tau = self._corrector(corrector_steps, tau)
+        defaults = self.scheduler.config
+        corrector_steps = defaults.corrector_steps if corrector_steps is None else corrector_steps
+        tau = defaults.tau if tau is None else tau
         observations = list(observations)
         background, template = read_background(
             background, self.spatial_dims, self.autoencoder.config.get("levels_hpa")
@@ -293,7 +229,7 @@ class SLAMSPipeline(DiffusionPipeline):
             window=self.window,
             score_widths=getattr(self.score_model.config, "hidden_channels", None),
         )
-        self.check_inputs(
+        check_inputs(
             background=background,
             observations=observations,
             grid=grid,
@@ -308,13 +244,9 @@ class SLAMSPipeline(DiffusionPipeline):
             output_type=output_type,
             generator=generator,
             member_batch_size=member_batch_size,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_tensor_inputs=self._callback_tensor_inputs,
         )
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                "`callback_on_step_end_tensor_inputs` may only name "
-                f"{self._callback_tensor_inputs}, got {sorted(unknown)}"
-            )
         if spread_inflation is None:
             spread_inflation = self.config.get("spread_inflation") or 1.0
         spread_inflation = spread_inflation_factors(spread_inflation, self.levels)
@@ -328,17 +260,9 @@ class SLAMSPipeline(DiffusionPipeline):
                 grid_shape=grid.space,
                 default=self.background_covariance,
             )
-            std = covariance.variance().sqrt().to(background)
-            observations += [
-                Background(values=values, noise_std=std, time_index=index, covariance=covariance)
-                for index, values in enumerate(background)
-            ]
-        routes = resolve_routes(
-            observations,
-            guidance,
-            self.observation_encoder,
-            linear_autoencoder=isinstance(self.autoencoder, LevelNormalizer),
-        )
+            observations += background_observations(background, covariance)
+        linear = isinstance(self.autoencoder, LevelNormalizer)  # D ∘ E is the identity
+        routes = resolve_routes(observations, guidance, self.observation_encoder, linear)
 
         device, dtype = self.device, self._model_dtype
         guided = GuidedScore(
@@ -393,17 +317,12 @@ class SLAMSPipeline(DiffusionPipeline):
                     progress.update()
                 results.append(latents)
         latents = torch.cat(results)
-        if not torch.isfinite(latents).all():
-            logger.warning(
-                "The analysis has non-finite values: the guidance was too stiff for the step "
-                "size. Try likelihood_covariance='moment_matching' or more steps."
-            )
+        warn_non_finite(latents)
 
         if output_type == "latent":
             members = latents
         else:
             members = self.decode(latents)
-            linear = isinstance(self.autoencoder, LevelNormalizer)
             analysis = resolve_analysis(analysis, background, linear_autoencoder=linear)
             if analysis != "full":
                 observed = [o for o in observations if not isinstance(o, Background)]
