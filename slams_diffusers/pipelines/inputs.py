@@ -24,9 +24,9 @@ from .outputs import OUTPUT_TYPES
 __all__ = [
     "BACKGROUND_RANGE_STD",
     "Grid",
+    "background_observations",
     "check_background_levels",
     "check_background_range",
-    "background_observations",
     "check_inputs",
     "problem_grid",
     "read_background",
