@@ -26,9 +26,12 @@ conditioned on them too (a linear-Gaussian update, drawn exactly with perturbed 
     ρ_s ~ N(ρ_b − B_⊥ S⁻¹ ρ_b, P),  P = B_⊥ − B_⊥ S⁻¹ B_⊥,  ε' ~ N(0, R_y),
 
 which is the OI/3D-Var analysis of ``D(z_a) + ρ_s`` with prior covariance ``P`` and perturbed
-observations (:func:`~slams_diffusers.baselines.oi.optimal_interpolation`, linear operators).
+observations (:func:`~slams_diffusers.linear_update.linear_gaussian_update`, linear operators).
 To the extent that ``z_a`` is a draw of ``p(z | x_b, y)``, ``(z_a, ρ_a)`` is a draw of the joint
 posterior; dense, precise observations then correct the scales the latent cannot carry.
+
+:func:`resolve_analysis` picks the analysis (``"auto"``: filtered with a background and a learned
+autoencoder, else full) and :func:`unresolved_part` gives what the members ``D(z_a)`` lack.
 """
 
 from __future__ import annotations
@@ -38,11 +41,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .baselines.oi import optimal_interpolation
 from .covariance import BackgroundCovariance, SpectralCovariance
+from .linear_update import linear_gaussian_update
 from .observations import Observation
 
-__all__ = ["ANALYSES", "ResidualPosterior", "residual_posterior", "unresolved_error_covariance"]
+__all__ = [
+    "ANALYSES",
+    "ResidualPosterior",
+    "resolve_analysis",
+    "residual_posterior",
+    "unresolved_error_covariance",
+    "unresolved_part",
+]
 
 ANALYSES = ("auto", "filtered", "incremental", "full")
 #: Draws ``e ~ N(0, B)`` per background step that estimate ``B_⊥``.
@@ -105,7 +115,7 @@ class ResidualPosterior:
             noise = _white_noise(o.values, generator) * o.noise_variance().sqrt()
             perturbed.append(o.replace_values(o.values + noise))
         first_guess = (resolved + draw).double()
-        analysis = optimal_interpolation(first_guess, perturbed, self.covariance)
+        analysis = linear_gaussian_update(first_guess, perturbed, self.covariance)
         return (analysis - resolved.double()).to(self.mean)
 
 
@@ -150,3 +160,42 @@ def _apply_shell_matrices(matrices: Tensor, x: Tensor, like: SpectralCovariance)
     per_wavenumber = matrices[like.shells().to(matrices.device)].to(spectral.dtype)
     spectral = (per_wavenumber @ spectral.unsqueeze(-1)).squeeze(-1).movedim(-1, -sd - 1)
     return torch.fft.ifftn(spectral, dim=dims, norm="ortho").real
+
+
+def resolve_analysis(analysis: str, background: Tensor | None, linear_autoencoder: bool) -> str:
+    """The analysis ``"auto"`` stands for (one of :data:`ANALYSES`); ``"full"`` without a
+    ``background`` or when ``D ∘ E`` is the identity (``linear_autoencoder``: a level
+    normaliser)."""
+    if background is None or linear_autoencoder:
+        return "full"
+    return "filtered" if analysis == "auto" else analysis
+
+
+def unresolved_part(
+    analysis: str,
+    background: Tensor,
+    covariance: BackgroundCovariance,
+    resolved: Tensor,
+    observations: Sequence[Observation],
+    generator: torch.Generator | list[torch.Generator] | None,
+    autoencode: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """What the members ``resolved = D(z_a)`` ``(n, T, levels, *space)`` lack, ``(n or 1, T,
+    levels, *space)``: ``ρ_b = x_b − D(E(x_b))`` (``"incremental"``) or a draw of its posterior
+    given ``ρ_b`` and the ``observations`` (``"filtered"``, the module docstring), drawn with each
+    member's generator after its reverse run. ``autoencode`` is ``D ∘ E`` on ``(batch, T,
+    levels, *space)`` states; ``covariance`` is ``B``."""
+    residual = background - autoencode(background[None])[0]
+    if analysis == "incremental":
+        return residual[None]
+    unresolved = unresolved_error_covariance(autoencode, background, covariance).to(
+        background.device
+    )
+    posterior = residual_posterior(residual, unresolved)
+    generators = generator if isinstance(generator, list) else [generator] * len(resolved)
+    return torch.stack(
+        [
+            posterior.sample_given(member, observations, g)
+            for member, g in zip(resolved, generators, strict=True)
+        ]
+    )

@@ -17,6 +17,9 @@ so ``apply``, ``apply_sqrt`` and ``solve`` are exact (up to rounding) and differ
   assumption of variational DA (e.g. Berre 2000).
 - :func:`estimate_background_covariance` (from background/truth pairs) and :func:`nmc_covariance`
   (the NMC method of Parrish & Derber 1992, from forecast differences).
+- :func:`resolve_background_covariance`: the ``B`` of an assimilation from the pipeline's
+  arguments (declared, length scale, std, the pipeline's own, else 1 K white:
+  :func:`default_background_covariance`).
 
 Both classes are ``diffusers`` models (``ModelMixin, ConfigMixin``): their numbers are float64
 buffers, so ``save_pretrained`` / ``from_pretrained`` round-trip them exactly through safetensors.
@@ -32,17 +35,22 @@ from typing import Any
 import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.utils import logging
 from torch import Tensor
 
 from .observations import _as_grid_shape, _as_int
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "EIGENVALUE_FLOOR",
     "BackgroundCovariance",
     "DiagonalCovariance",
     "SpectralCovariance",
+    "default_background_covariance",
     "estimate_background_covariance",
     "nmc_covariance",
+    "resolve_background_covariance",
 ]
 
 EIGENVALUE_FLOOR = 1e-12
@@ -733,3 +741,108 @@ def nmc_covariance(
     return _from_errors(
         errors, "long_forecasts - short_forecasts", kind, isotropic, remove_mean, spatial_dims
     )
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def default_background_covariance(
+    std: float | Sequence[float] | Tensor, levels: int, grid_shape: Sequence[int]
+) -> DiagonalCovariance:
+    """The default ``B``: white, ``diag(std²)``, from ``std`` (K) a scalar, one value per level or
+    per cell (broadcastable to ``(levels, *space)``); ``ValueError`` naming
+    ``background_error_std`` otherwise."""
+    space = tuple(grid_shape)
+    std = torch.as_tensor(std, dtype=torch.float64)
+    if std.dim() == 1 and std.numel() == levels:
+        std = std.reshape(-1, *([1] * len(space)))
+    try:
+        std = torch.broadcast_to(std, (levels, *space))
+    except RuntimeError as error:
+        raise ValueError(
+            "`background_error_std` must be a scalar, one value per level "
+            f"({levels}) or broadcastable to {(levels, *space)}, got shape "
+            f"{tuple(std.shape)}"
+        ) from error
+    if (std < 0).any() or not torch.isfinite(std).all():
+        raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
+    return DiagonalCovariance.from_std(std, levels, space)
+
+
+def resolve_background_covariance(
+    std: float | Sequence[float] | Tensor | None,
+    covariance: Any,
+    length_scale: float | None,
+    *,
+    levels: int,
+    grid_shape: Sequence[int],
+    default: Any = None,
+) -> Any:
+    """``B`` of an assimilation (docs/method.md §Background covariance), from the pipeline's
+    arguments ``background_error_std`` (``std``), ``background_error_covariance``
+    (``covariance``) and ``background_error_length_scale`` (``length_scale``) for a state of
+    ``levels`` and ``grid_shape``: the declared covariance, else ``std`` with a horizontal
+    correlation of ``length_scale`` cells (:meth:`SpectralCovariance.from_length_scale`,
+    Gaussian), else its diagonal, else ``default`` (the pipeline's ``background_covariance``),
+    else 1 K white. A white ``B`` for a state with horizontal extent gets a warning: it declares
+    the background's large scales nearly exact. ``ValueError`` naming the argument for anything
+    else."""
+    space = tuple(grid_shape)
+    if length_scale is not None:
+        if covariance is not None:
+            raise ValueError(
+                "`background_error_length_scale` shapes `background_error_std`; with "
+                "`background_error_covariance` give neither of them."
+            )
+        if not space:
+            raise ValueError(
+                "`background_error_length_scale` needs a state with horizontal extent; "
+                f"this background is a column {(levels,)}: give `background_error_std`."
+            )
+        if (
+            isinstance(length_scale, bool)
+            or not isinstance(length_scale, (int, float))
+            or not length_scale > 0
+        ):
+            raise ValueError(
+                "`background_error_length_scale` must be a positive number of grid cells, "
+                f"got {length_scale!r}"
+            )
+        std = 1.0 if std is None else std
+        std = torch.as_tensor(std, dtype=torch.float64)
+        if std.numel() not in (1, levels):
+            raise ValueError(
+                "`background_error_std` with `background_error_length_scale` must be a scalar "
+                f"or one value per level ({levels}), got shape {tuple(std.shape)}"
+            )
+        if (std < 0).any() or not torch.isfinite(std).all():
+            raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
+        return SpectralCovariance.from_length_scale(
+            std.reshape(-1), float(length_scale), space, levels=levels
+        )
+    if covariance is None and std is None:
+        covariance = default
+    if covariance is None:
+        covariance = default_background_covariance(1.0 if std is None else std, levels, space)
+    if isinstance(covariance, DiagonalCovariance) and math.prod(space) > 1:
+        logger.warning(
+            "A white background-error covariance (errors uncorrelated between grid cells) "
+            "declares the background's large scales nearly exact, so the analysis barely "
+            "moves them; if its errors are correlated, pass `background_error_length_scale` "
+            "(grid cells) with `background_error_std`, or a SpectralCovariance "
+            "(estimate_background_covariance)."
+        )
+    for name in ("apply", "solve", "sample", "variance"):
+        if not callable(getattr(covariance, name, None)):
+            raise ValueError(
+                "`background_error_covariance` must be a covariance object with apply, solve, "
+                f"sample and variance (slams_diffusers.covariance), got "
+                f"{type(covariance).__name__}"
+            )
+    found = (covariance.levels, tuple(covariance.grid_shape))
+    if found != (levels, space):
+        raise ValueError(
+            f"`background_error_covariance` is for (levels, grid) = {found}; the background "
+            f"has {(levels, space)}"
+        )
+    return covariance

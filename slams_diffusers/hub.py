@@ -1,6 +1,8 @@
-"""Hugging Face Hub helpers: model cards and safetensors-only folder uploads.
+"""Hugging Face Hub helpers: downloading a pipeline and checking its folder is complete, model
+cards, and safetensors-only folder uploads.
 
-Everything here except :func:`push_folder_to_hub` works offline. Cards are written with
+Everything here except :func:`push_folder_to_hub` and a :func:`download_pipeline` that is not
+in the cache works offline. Cards are written with
 ``ModelCard.from_template`` and never ``validate()``-d (that needs the network).
 """
 
@@ -13,13 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
 __all__ = [
     "CARD_TAGS",
     "FORBIDDEN_WEIGHT_SUFFIXES",
     "CARD_INPUTS",
+    "HUB_KWARGS",
+    "check_finite_weights",
+    "check_pipeline_folder",
+    "check_safetensors",
+    "download_pipeline",
+    "looks_local",
     "model_card",
     "pipeline_card",
     "push_folder_to_hub",
@@ -31,6 +41,8 @@ FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pkl", ".pickle")
 #: File in a pipeline folder holding the arguments of :func:`model_card` (JSON), so the card
 #: can be rebuilt when evaluation results arrive.
 CARD_INPUTS = "model_card.json"
+#: Arguments of ``from_pretrained`` that go to ``snapshot_download`` for a Hub repo id.
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
 
 DEFAULT_INTENDED_USE = (
     "Research on score-based data assimilation: sampling ensembles of atmospheric states "
@@ -81,6 +93,133 @@ pipe = DiffusionPipeline.from_pretrained("{{ load_path }}")  # a SLAMSPipeline
 """
 
 
+# ------------------------------------------------------------------ loading
+def looks_local(path: str) -> bool:
+    """Whether ``path`` can only be a folder, never a Hub repo id ``org/name``."""
+    return (
+        path.startswith(("/", ".", "~"))
+        or (os.sep != "/" and os.sep in path)
+        or path.count("/") != 1
+        or os.path.exists(path)
+    )
+
+
+def check_safetensors(file: str) -> None:
+    """``ValueError`` unless ``file`` is a complete safetensors file: an 8-byte header length, a
+    JSON header, and exactly the data its tensors' offsets describe."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise ValueError(
+                f"{file}: not a complete safetensors file ({size} bytes, header length "
+                f"{length}); the file is truncated or corrupted: download or save it again"
+            )
+        try:
+            header = json.loads(handle.read(length))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise ValueError(
+                f"{file}: the safetensors header is unreadable ({error}); the file is corrupted: "
+                "download or save it again"
+            ) from error
+    if 8 + length + end != size:
+        raise ValueError(
+            f"{file}: {size} bytes, but its header describes {8 + length + end}; the file is "
+            "truncated or corrupted: download or save it again"
+        )
+
+
+def check_pipeline_folder(path: str) -> None:
+    """``ValueError`` for a folder that is not a complete saved pipeline: no readable
+    ``model_index.json``, a listed component without its folder or config, or a weights file
+    that is not a complete safetensors file."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: {path!r} has no model_index.json; expected a "
+            "folder written by SLAMSPipeline.save_pretrained"
+        )
+    try:
+        with open(index) as handle:
+            entries = json.load(handle)
+    except ValueError as error:
+        raise ValueError(f"{index}: not valid JSON ({error})") from error
+    for name, entry in entries.items():
+        component = (
+            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        )
+        if name.startswith("_") or not component:
+            continue  # metadata, an absent optional component or a setting (spread_inflation)
+        folder = os.path.join(path, name)
+        configs = ("config.json", "scheduler_config.json")
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: component {name!r} ({entry[-1]}) is listed in "
+                f"{index} but the folder {folder!r} is missing; expected the complete folder "
+                "written by save_pretrained"
+            )
+        if not any(os.path.isfile(os.path.join(folder, c)) for c in configs):
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: component {name!r} has no config.json in "
+                f"{folder!r}; expected the complete folder written by save_pretrained"
+            )
+        for file in sorted(os.listdir(folder)):
+            if file.endswith(".safetensors"):
+                check_safetensors(os.path.join(folder, file))
+
+
+def check_finite_weights(pipe: Any, path: str) -> None:
+    """``ValueError`` naming the component whose loaded weights hold NaN or inf."""
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        tensors = [t for t in (*component.parameters(), *component.buffers())]
+        tensors = [t for t in tensors if t.is_floating_point()]
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+        if bad:
+            total = sum(t.numel() for t in tensors)
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: {bad} of {total} weights of component {name!r} "
+                f"in {os.path.join(path, name)!r} are NaN or inf; the weights file is corrupted: "
+                "download or save it again"
+            )
+
+
+def download_pipeline(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str:
+    """The local folder of a pipeline that is not one already: ``ValueError`` for a path that can
+    only be a (missing) folder or an invalid repo id, else the Hub snapshot of the repo id
+    (``hub_kwargs``: :data:`HUB_KWARGS` of ``snapshot_download``); ``OSError`` when it cannot be
+    fetched (offline and not cached, or no such repo)."""
+    path = os.fspath(pretrained_model_name_or_path)
+    if looks_local(path):
+        found = "is a file" if os.path.exists(path) else "does not exist"
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: the folder {path!r} {found} (working directory "
+            f"{os.getcwd()!r}); expected a folder written by save_pretrained or a Hub repo id "
+            "'org/name'"
+        )
+    try:
+        return huggingface_hub.snapshot_download(path, **hub_kwargs)
+    except HFValidationError as error:
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: {path!r} is neither a folder (working "
+            f"directory {os.getcwd()!r}) nor a valid Hub repo id 'org/name'"
+        ) from error
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise OSError(
+            f"Could not load pipeline {pretrained_model_name_or_path!r}: it is not a local "
+            f"folder (working directory {os.getcwd()!r}) and the Hub repo could not be "
+            "fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no such "
+            f"repo): {' '.join(str(error).split())}"
+        ) from error
+
+
+# ------------------------------------------------------------------ model cards
 def _format_value(value: Any) -> str:
     """Format one table cell: floats with 4 significant digits, everything else via ``str``."""
     if isinstance(value, float):

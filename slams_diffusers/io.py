@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .data.datasets import DIM_ALIASES, open_store
+from .data.datasets import CELSIUS_UNITS, DIM_ALIASES, open_store
 from .observations import Observation, Satellite, Stations
 
 __all__ = [
@@ -54,9 +54,6 @@ __all__ = [
     "window_observations",
     "write_analysis",
 ]
-
-CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
-"""``units`` attributes of temperatures in °C: refused (the models work in K)."""
 
 STATION_COLUMNS = ("station", "time", "value", "error")
 """Columns every station file has, besides the position and the vertical coordinate."""

@@ -55,6 +55,7 @@ __all__ = [
     "Satellite",
     "Gridded",
     "Background",
+    "check_observations",
     "gaussian_weighting_functions",
     "pressures_hpa",
 ]
@@ -363,6 +364,50 @@ class Observation(abc.ABC):
             f"observed={self.num_observed}/{self.values.numel()}, noise_std={std_s}, "
             f"time_index={self.time_index}, grid_shape={tuple(self.grid_shape)})"  # type: ignore[attr-defined]
         )
+
+
+def check_observations(
+    observations: Any,
+    *,
+    steps: int | None = None,
+    levels: int | None = None,
+    space: tuple[int, ...] | None = None,
+) -> list[Observation]:
+    """The ``observations`` argument as a list (an :class:`Observation` alone is one item), checked
+    entry by entry: ``ValueError`` naming ``observations[i]`` for one that is not an Observation,
+    cannot observe a state of ``levels`` and ``space`` (:meth:`Observation.check_state`; with
+    both given), observes a step outside the window of ``steps`` (``time_index``; with ``steps``)
+    or has a negative ``noise_std``. The pipeline and the baselines check their inputs with it."""
+    if isinstance(observations, Observation):
+        observations = [observations]
+    try:
+        observations = list(observations)
+    except TypeError as error:
+        raise ValueError(
+            "observations: expected an Observation or a sequence of them, got "
+            f"{type(observations).__name__}"
+        ) from error
+    for index, observation in enumerate(observations):
+        if not isinstance(observation, Observation):
+            raise ValueError(
+                f"observations[{index}]: expected an Observation, got {type(observation).__name__}"
+            )
+        if levels is not None and space is not None:
+            try:
+                observation.check_state(levels, space)
+            except ValueError as error:
+                raise ValueError(
+                    f"observations[{index}] ({observation.modality!r}): does not fit the state "
+                    f"(levels={levels}, space={space}): {error}"
+                ) from error
+        if steps is not None and not 0 <= observation.time_index < steps:
+            raise ValueError(
+                f"observations[{index}]: time_index {observation.time_index} out of range for a "
+                f"window of T={steps} steps (expected 0 <= time_index < {steps})"
+            )
+        if (torch.as_tensor(observation.noise_std) < 0).any():
+            raise ValueError(f"observations[{index}]: noise_std must be >= 0")
+    return observations
 
 
 def _noise_like(values: Tensor, noise_std: float | Tensor, generator: torch.Generator | None):

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..observations import Observation
+from ..linear_update import NOISE_VARIANCE_FLOOR
+from ..observations import Observation, check_observations
 from .localization import (
     _check_radius,
     _periodic_axes,
@@ -49,7 +50,6 @@ from .localization import (
     grid_positions,
     observation_positions,
 )
-from .oi import NOISE_VARIANCE_FLOOR
 
 __all__ = ["letkf", "stochastic_enkf"]
 
@@ -94,20 +94,10 @@ def _check_inflation(inflation: Any) -> float:
 
 
 def _check_observations(observations: Any) -> list[Observation]:
-    if isinstance(observations, Observation):
-        observations = [observations]
-    try:
-        observations = list(observations)
-    except TypeError as e:
-        raise ValueError(
-            f"observations: expected an Observation or a sequence of them, got "
-            f"{type(observations).__name__}"
-        ) from e
+    """:func:`~slams_diffusers.observations.check_observations`, then what the filters need:
+    ``R`` diagonal, one time, one grid."""
+    observations = check_observations(observations)
     for i, observation in enumerate(observations):
-        if not isinstance(observation, Observation):
-            raise ValueError(
-                f"observations[{i}]: expected an Observation, got {type(observation).__name__}"
-            )
         if getattr(observation, "covariance", None) is not None:
             raise ValueError(
                 f"observations[{i}]: {type(observation).__name__} ({observation.modality!r}) has "

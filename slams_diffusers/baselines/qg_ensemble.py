@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ..data.qg import QGConfig, QGModel
-from ..observations import Observation, _as_int
-from .enkf import _check_observations, letkf, stochastic_enkf
+from ..observations import Observation, _as_int, check_observations
+from .enkf import letkf, stochastic_enkf
 
 __all__ = ["case_generator", "cycle_ensemble", "forecast_ensemble", "qg_ensemble_filter"]
 
@@ -106,24 +106,14 @@ def cycle_ensemble(
             f"ensemble: expected PV members (N, {', '.join(map(str, model.shape))}), got "
             f"{tuple(getattr(ensemble, 'shape', ()))}"
         )
-    observations = list(observations)
-    for i, observation in enumerate(observations):
-        if not isinstance(observation, Observation):
-            raise ValueError(
-                f"observations[{i}]: expected an Observation, got {type(observation).__name__}"
-            )
-        if not 0 <= observation.time_index < window:
-            raise ValueError(
-                f"observations[{i}]: time_index {observation.time_index} out of range for a "
-                f"window of {window} steps"
-            )
+    observations = check_observations(observations, steps=window)
     q = ensemble.to(device=model.device, dtype=model.dtype)
     analyses, forecasts = [], []
     for step in range(window):
         if step > 0:
             q = model.run(q, interval_steps)
         forecasts.append(model.temperature(q))
-        now = _check_observations([o for o in observations if o.time_index == step])
+        now = [o for o in observations if o.time_index == step]
         options: dict[str, Any] = dict(
             inflation=inflation, localization_radius=localization_radius, periodic=True
         )

@@ -83,6 +83,10 @@ GAP_LABEL = "gap"
 _PA_UNITS = ("Pa", "pa", "pascal", "Pascal", "pascals")
 _HPA_UNITS = ("hPa", "hpa", "hectopascal", "hectopascals", "mbar", "millibar", "millibars", "mb")
 
+CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
+"""``units`` attributes of temperatures in °C: refused where a state is read (the models work in
+K)."""
+
 TEMPERATURE_NAMES = ("t", "temperature", "air_temperature", "ta", "T")
 """Variable names tried, in order, when ``variable`` is not given (then ``standard_name``)."""
 

@@ -11,6 +11,7 @@ from .routes import (
     encoded_observation_term,
     latent_background_covariance,
     latent_background_term,
+    likelihood_terms,
     resolve_routes,
 )
 from .terms import GaussianTerm
@@ -28,6 +29,7 @@ __all__ = [
     "latent_background_covariance",
     "latent_background_term",
     "likelihood_score",
+    "likelihood_terms",
     "resolve_routes",
     "tweedie_denoise",
 ]

@@ -8,8 +8,8 @@
 - ``"decoded"``: ``y`` is compared with ``A(D(ẑ))`` through the observation's operator; a
   background with ``N(x_b | D(ẑ), B)``, ``B`` applied as it is (e.g. by FFT).
 
-Functions here receive the pieces they need (the autoencoder, the encoder, shapes) and never the
-pipeline.
+:func:`likelihood_terms` assembles the terms of all observations. Functions here receive the pieces
+they need (the autoencoder, the encoder, shapes) and never the pipeline.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..covariance import DiagonalCovariance, SpectralCovariance
+from ..covariance import SpectralCovariance, default_background_covariance
 from ..models.observation_encoder import fuse_likelihoods, posterior_from_likelihood
 from ..observations import Background, Observation
 from .terms import GaussianTerm
@@ -32,6 +32,7 @@ __all__ = [
     "encoded_observation_term",
     "latent_background_covariance",
     "latent_background_term",
+    "likelihood_terms",
     "resolve_routes",
 ]
 
@@ -103,11 +104,13 @@ def resolve_routes(
 
 
 def background_covariance_of(background: Background) -> Any:
-    """``B`` of a background: its ``covariance`` object, else ``diag(noise_std²)``."""
+    """``B`` of a background: its ``covariance`` object, else ``diag(noise_std²)``
+    (:func:`~slams_diffusers.covariance.default_background_covariance`)."""
     if background.covariance is not None:
         return background.covariance
-    std = torch.broadcast_to(torch.as_tensor(background.noise_std), background.values.shape)
-    return DiagonalCovariance.from_std(std, background.num_levels, background.grid_shape)
+    return default_background_covariance(
+        background.noise_std, background.num_levels, background.grid_shape
+    )
 
 
 def _level_scale(observation: Observation, level_std: Tensor) -> Tensor:
@@ -243,3 +246,38 @@ def encoded_observation_term(
     mean, precision = fuse_likelihoods(means, precisions, correlation)
     mean, logvar = posterior_from_likelihood(mean, precision, 0.0, 0.0, include_prior=False)
     return GaussianTerm(lambda latent: latent[:, index], mean, variance=logvar.exp())
+
+
+def likelihood_terms(
+    observations: Sequence[Observation],
+    routes: Sequence[str],
+    *,
+    encode: Callable[[Tensor], Tensor],
+    decode: Callable[[Tensor], Tensor],
+    observation_encoder: Any,
+    level_std: Sequence[float] | Tensor,
+    latent_space: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[GaussianTerm]:
+    """The Gaussian terms of the ``observations`` on their ``routes`` (:func:`resolve_routes`):
+    one per decoded observation (:func:`decoded_term`, ``level_std`` the autoencoder's per-level
+    climatological std), one per latent background step (:func:`latent_background_term`), one
+    fused term per step for the encoded observations (:func:`encoded_observation_term`, on the
+    latent grid ``latent_space``). ``encode`` and ``decode`` are the autoencoder's ``E`` and
+    ``D`` on ``(batch, T, …)`` tensors."""
+    level_std = torch.as_tensor(level_std, device=device, dtype=dtype)
+    terms, encoded = [], {}
+    for observation, route in zip(observations, routes, strict=True):
+        observation = observation.to(device=device, dtype=dtype)
+        if route == "decoded":
+            terms.append(decoded_term(observation, decode, level_std))
+        elif isinstance(observation, Background):
+            terms.append(latent_background_term(observation, encode))
+        else:
+            encoded.setdefault(observation.time_index, []).append(observation)
+    for index, items in sorted(encoded.items()):
+        terms.append(
+            encoded_observation_term(items, index, observation_encoder, latent_space, device, dtype)
+        )
+    return terms

@@ -1,5 +1,6 @@
 """Diffusers pipelines of slams-diffusers."""
 
-from .pipeline_slams import AssimilationOutput, SLAMSPipeline
+from .outputs import AssimilationOutput
+from .pipeline_slams import SLAMSPipeline
 
 __all__ = ["AssimilationOutput", "SLAMSPipeline"]

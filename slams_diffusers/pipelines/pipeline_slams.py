@@ -1,175 +1,27 @@
-"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline."""
+"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline that owns the
+sampling loop (docs/method.md §Sampling); what is not the loop lives in modules of its own."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import xarray as xr
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from ..analysis import ANALYSES, residual_posterior, unresolved_error_covariance
-from ..covariance import DiagonalCovariance, SpectralCovariance
-from ..guidance import (
-    GaussianTerm,
-    GuidedScore,
-    canonical_covariance,
-    decoded_term,
-    encoded_observation_term,
-    latent_background_term,
-    resolve_routes,
-)
+from .. import hub
+from ..analysis import resolve_analysis, unresolved_part
+from ..covariance import resolve_background_covariance
+from ..guidance import GuidedScore, likelihood_terms, resolve_routes
 from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation
-
-logger = logging.get_logger(__name__)
-
-OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
-_DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
-
-
-BACKGROUND_RANGE_STD = 10.0
-"""A background level whose mean lies more than this many climatological std from the training
-data's level mean is refused (°C given for K, levels in another order, another variable)."""
-CELSIUS_UNITS = ("degC", "deg_C", "C", "°C", "celsius", "Celsius", "degree_Celsius", "degrees_C")
-
-
-def _looks_local(path: str) -> bool:
-    """Whether ``path`` can only be a folder, never a Hub repo id ``org/name``."""
-    return (
-        path.startswith(("/", ".", "~"))
-        or (os.sep != "/" and os.sep in path)
-        or path.count("/") != 1
-        or os.path.exists(path)
-    )
-
-
-def _check_safetensors(file: str) -> None:
-    """``ValueError`` unless ``file`` is a complete safetensors file: an 8-byte header length, a
-    JSON header, and exactly the data its tensors' offsets describe."""
-    size = os.path.getsize(file)
-    with open(file, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < length <= size - 8:
-            raise ValueError(
-                f"{file}: not a complete safetensors file ({size} bytes, header length "
-                f"{length}); the file is truncated or corrupted: download or save it again"
-            )
-        try:
-            header = json.loads(handle.read(length))
-            end = max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
-        except (ValueError, KeyError, TypeError, IndexError) as error:
-            raise ValueError(
-                f"{file}: the safetensors header is unreadable ({error}); the file is corrupted: "
-                "download or save it again"
-            ) from error
-    if 8 + length + end != size:
-        raise ValueError(
-            f"{file}: {size} bytes, but its header describes {8 + length + end}; the file is "
-            "truncated or corrupted: download or save it again"
-        )
-
-
-def _check_pipeline_folder(path: str) -> None:
-    """``ValueError`` for a folder that is not a complete saved pipeline: no readable
-    ``model_index.json``, a listed component without its folder or config, or a weights file
-    that is not a complete safetensors file."""
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise ValueError(
-            f"`pretrained_model_name_or_path`: {path!r} has no model_index.json; expected a "
-            "folder written by SLAMSPipeline.save_pretrained"
-        )
-    try:
-        with open(index) as handle:
-            entries = json.load(handle)
-    except ValueError as error:
-        raise ValueError(f"{index}: not valid JSON ({error})") from error
-    for name, entry in entries.items():
-        component = (
-            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
-        )
-        if name.startswith("_") or not component:
-            continue  # metadata, an absent optional component or a setting (spread_inflation)
-        folder = os.path.join(path, name)
-        configs = ("config.json", "scheduler_config.json")
-        if not os.path.isdir(folder):
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: component {name!r} ({entry[-1]}) is listed in "
-                f"{index} but the folder {folder!r} is missing; expected the complete folder "
-                "written by save_pretrained"
-            )
-        if not any(os.path.isfile(os.path.join(folder, c)) for c in configs):
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: component {name!r} has no config.json in "
-                f"{folder!r}; expected the complete folder written by save_pretrained"
-            )
-        for file in sorted(os.listdir(folder)):
-            if file.endswith(".safetensors"):
-                _check_safetensors(os.path.join(folder, file))
-
-
-def _check_finite_weights(pipe: DiffusionPipeline, path: str) -> None:
-    """``ValueError`` naming the component whose loaded weights hold NaN or inf."""
-    for name, component in pipe.components.items():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        tensors = [t for t in (*component.parameters(), *component.buffers())]
-        tensors = [t for t in tensors if t.is_floating_point()]
-        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
-        if bad:
-            total = sum(t.numel() for t in tensors)
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: {bad} of {total} weights of component {name!r} "
-                f"in {os.path.join(path, name)!r} are NaN or inf; the weights file is corrupted: "
-                "download or save it again"
-            )
-
-
-@dataclass
-class AssimilationOutput(BaseOutput):
-    """Result of an assimilation.
-
-    Args:
-        members: analysis ensemble ``(n, time, level, *space)``; latents when
-            ``output_type="latent"``.
-        mean: ensemble mean ``(time, level, *space)``.
-        std: ensemble spread (unbiased standard deviation over members) ``(time, level, *space)``.
-        latents: final latents ``(n, time, c, *space/f)``.
-        dataset: with ``output_type="xarray"``, the members, mean and std as one ``xarray.Dataset``.
-    """
-
-    members: Any
-    mean: Any
-    std: Any
-    latents: Tensor
-    dataset: xr.Dataset | None = None
-
-
-@dataclass
-class _Grid:
-    """Shapes of one assimilation problem."""
-
-    time: int
-    levels: int
-    space: tuple[int, ...]
-    latent_channels: int
-    latent_space: tuple[int, ...]
+from .inputs import background_observations, check_inputs, problem_grid, read_background
+from .outputs import AssimilationOutput, to_output, warn_non_finite, warn_out_of_range
 
 
 class SLAMSPipeline(DiffusionPipeline):
@@ -233,43 +85,12 @@ class SLAMSPipeline(DiffusionPipeline):
         diffusers cannot resolve plugin classes from a repo id by itself, hence the download.
         """
         path = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(path) and _looks_local(path):
-            found = "is a file" if os.path.exists(path) else "does not exist"
-            raise ValueError(
-                f"`pretrained_model_name_or_path`: the folder {path!r} {found} (working directory "
-                f"{os.getcwd()!r}); expected a folder written by save_pretrained or a Hub repo id "
-                "'org/name'"
-            )
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import (
-                HfHubHTTPError,
-                HFValidationError,
-                LocalEntryNotFoundError,
-            )
-
-            hub_kwargs = {
-                key: kwargs.pop(key)
-                for key in ("revision", "cache_dir", "token", "local_files_only")
-                if key in kwargs
-            }
-            try:
-                path = snapshot_download(path, **hub_kwargs)
-            except HFValidationError as error:
-                raise ValueError(
-                    f"`pretrained_model_name_or_path`: {path!r} is neither a folder (working "
-                    f"directory {os.getcwd()!r}) nor a valid Hub repo id 'org/name'"
-                ) from error
-            except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-                raise OSError(
-                    f"Could not load pipeline {pretrained_model_name_or_path!r}: it is not a local "
-                    f"folder (working directory {os.getcwd()!r}) and the Hub repo could not be "
-                    "fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no such "
-                    f"repo): {' '.join(str(error).split())}"
-                ) from error
-        _check_pipeline_folder(path)
+            hub_kwargs = {key: kwargs.pop(key) for key in hub.HUB_KWARGS if key in kwargs}
+            path = hub.download_pipeline(pretrained_model_name_or_path, **hub_kwargs)
+        hub.check_pipeline_folder(path)
         pipe = super().from_pretrained(path, **kwargs)
-        _check_finite_weights(pipe, path)
+        hub.check_finite_weights(pipe, path)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, model_card=None, **kwargs):
@@ -277,9 +98,7 @@ class SLAMSPipeline(DiffusionPipeline):
         ``model_card`` (see :func:`slams_diffusers.hub.model_card`) is written as ``README.md``."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card is not None:
-            from ..hub import save_model_card
-
-            save_model_card(model_card, save_directory)
+            hub.save_model_card(model_card, save_directory)
 
     # ------------------------------------------------------------------ spaces
     @property
@@ -312,442 +131,6 @@ class SLAMSPipeline(DiffusionPipeline):
     def decode(self, latent: Tensor) -> Tensor:
         """Diffusion space ``(B, T, c, *space/f)`` -> physical state ``(B, T, levels, *space)``."""
         return self.autoencoder.decode(latent)
-
-    # ------------------------------------------------------------------ validation
-    def _read_background(self, background: Any) -> tuple[Tensor | None, xr.DataArray | None]:
-        """The ``background`` argument as a tensor ``(time, level, *space)`` and its template."""
-        if background is None:
-            return None, None
-        template = None
-        if isinstance(background, xr.DataArray):
-            if "level" not in background.dims:
-                raise ValueError(
-                    f"`background` must have a 'level' dimension, found dims {background.dims}"
-                )
-            template = background if "time" in background.dims else background.expand_dims("time")
-            space_dims = [d for d in template.dims if d not in ("time", "level")]
-            template = template.transpose("time", "level", *space_dims)
-            units = str(template.attrs.get("units", "K")).strip()
-            if units in CELSIUS_UNITS:
-                raise ValueError(
-                    f"`background` is in {units!r} (its units attribute); expected K (add 273.15)"
-                )
-            self._check_background_levels(template)
-            # a flipped axis (e.g. latitude 90..-90 read ascending) is a negative-stride view
-            values = torch.as_tensor(np.ascontiguousarray(template.values))
-        elif isinstance(background, np.ndarray):
-            values = torch.as_tensor(np.ascontiguousarray(background))
-        elif isinstance(background, Tensor):
-            values = background
-        else:
-            raise ValueError(
-                "`background` must be an xarray.DataArray, a tensor or an array of shape "
-                f"(time, level, *space), got {type(background).__name__}"
-            )
-        rank = 2 + self.spatial_dims
-        if values.dim() == rank - 1:
-            values = values.unsqueeze(0)
-        if values.dim() != rank:
-            raise ValueError(
-                f"`background` must have shape (time, level, *space) or (level, *space) with "
-                f"{self.spatial_dims} spatial dims, got shape {tuple(values.shape)}"
-            )
-        if not torch.isfinite(values).all():
-            raise ValueError("`background` contains NaN or infinite values; it must be complete")
-        return values, template
-
-    def _check_background_levels(self, template: xr.DataArray) -> None:
-        """``ValueError`` when the background's ``level`` coordinate (hPa, or Pa by its units) is
-        not the model's recorded ``levels_hpa`` in the same order."""
-        expected = self.autoencoder.config.get("levels_hpa")
-        if expected is None or "level" not in template.coords:
-            return
-        coordinate = template.coords["level"]
-        found = np.asarray(coordinate.values, dtype=float).reshape(-1)
-        if str(coordinate.attrs.get("units", "hPa")).strip().lower() in ("pa", "pascal"):
-            found = found / 100.0
-        if found.shape == (len(expected),) and np.allclose(found, expected, rtol=1e-6):
-            return
-        hint = ""
-        if found.shape == (len(expected),) and np.allclose(found[::-1], expected, rtol=1e-6):
-            hint = " (reversed order: use background.isel(level=slice(None, None, -1)))"
-        elif set(np.round(found, 6)) == set(np.round(expected, 6)):
-            hint = " (another order: use background.sel(level=levels))"
-        raise ValueError(
-            f"`background` has levels {found.tolist()} hPa{hint}; the model was trained on "
-            f"{list(expected)} hPa, in that order"
-        )
-
-    def _check_background_range(self, values: Tensor) -> None:
-        """``ValueError`` when a level's mean ``(time, level, *space)`` lies more than
-        :data:`BACKGROUND_RANGE_STD` climatological std from the training data's level mean: a
-        background in °C, with levels in another order, or of another variable."""
-        config = self.autoencoder.config
-        if config.level_mean is None or config.level_std is None:
-            return
-        mean = torch.as_tensor(config.level_mean, dtype=torch.float64)
-        std = torch.as_tensor(config.level_std, dtype=torch.float64)
-        if values.shape[1] != mean.numel():
-            return  # the level count is refused with its own message
-        found = values.double().transpose(0, 1).reshape(mean.numel(), -1).mean(1)
-        distance = ((found - mean) / std).abs()
-        if float(distance.max()) <= BACKGROUND_RANGE_STD:
-            return
-        level = int(distance.argmax())
-        hint = ""
-        if float(((found + 273.15 - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
-            hint = " It looks like °C: the model works in K (add 273.15)."
-        elif float(((found.flip(0) - mean) / std).abs().max()) <= BACKGROUND_RANGE_STD:
-            hint = " The levels look reversed: give them in the model's order."
-        raise ValueError(
-            f"`background` level {level} has mean {float(found[level]):.2f}, "
-            f"{float(distance[level]):.0f} std from the model's training data there "
-            f"({float(mean[level]):.2f} ± {float(std[level]):.2f} K).{hint} Expected levels in the "
-            f"order and units of the training data, level means "
-            f"{[round(v, 1) for v in mean.tolist()]}"
-        )
-
-    def _grid(
-        self, background: Tensor | None, observations: Sequence[Observation], num_frames: int | None
-    ) -> _Grid:
-        if background is None and not observations:
-            raise ValueError(
-                "Nothing to assimilate: pass `background=` (a forecast) and/or `observations=` "
-                "(Observation objects)"
-            )
-        if background is not None:
-            time, levels, *space = background.shape
-            if levels != self.levels:
-                raise ValueError(
-                    f"`background` has {levels} levels but the model expects {self.levels}"
-                )
-        else:
-            shapes = {tuple(o.grid_shape) for o in observations}
-            if len(shapes) != 1:
-                raise ValueError(
-                    "Without a `background`, the observations must share one `grid_shape`; "
-                    f"found {sorted(shapes)}"
-                )
-            space = shapes.pop()
-            time = self.window if num_frames is None else num_frames
-            levels = self.levels
-        space = tuple(int(s) for s in space)
-        if len(space) != self.spatial_dims:
-            raise ValueError(
-                f"the state must have {self.spatial_dims} spatial dims, got shape {space}"
-            )
-        trained = self.autoencoder.config.get("grid_shape")
-        if trained is not None and space != tuple(trained):
-            source = "`background`" if background is not None else "the observations"
-            raise ValueError(
-                f"the grid of {source}, {space}, is not the grid the model was trained on, "
-                f"{tuple(trained)}; expected inputs on the training grid (regrid them first)"
-            )
-        if time < self.window:
-            raise ValueError(
-                f"the assimilation window has {time} time steps but the score model's "
-                f"Markov-blanket window needs at least `window`={self.window}"
-            )
-        try:
-            latent_space = self.autoencoder.latent_shape(space)
-        except ValueError as error:
-            raise ValueError(
-                f"the state's spatial shape {space} does not fit the autoencoder: {error}"
-            ) from error
-        channels = self.autoencoder.latent_channels
-        widths = getattr(self.score_model.config, "hidden_channels", None)
-        if widths is not None and any(n % 2 ** (len(widths) - 1) for n in latent_space):
-            raise ValueError(
-                f"the score model's grid {latent_space} (state {space}) must be divisible by "
-                f"2^(len(hidden_channels) - 1) = {2 ** (len(widths) - 1)} for its U-Net"
-            )
-        if background is not None:
-            self._check_background_range(background)
-        return _Grid(time, levels, space, channels, latent_space)
-
-    def check_inputs(
-        self,
-        *,
-        background: Tensor | None,
-        observations: Sequence[Observation],
-        grid: _Grid,
-        num_members: int,
-        num_inference_steps: int,
-        corrector_steps: int,
-        tau: float,
-        likelihood_covariance: str,
-        gamma: float,
-        cg_iterations: int,
-        analysis: str,
-        output_type: str,
-        generator: torch.Generator | list[torch.Generator] | None,
-        member_batch_size: int | None,
-    ) -> None:
-        """Raise ``ValueError`` for anything that would fail later, before any compute."""
-        if background is None and not observations:
-            raise ValueError("Nothing to assimilate: `observations` is empty and no `background`")
-        for name, value, low in (
-            ("num_members", num_members, 1),
-            ("num_inference_steps", num_inference_steps, 1),
-            ("corrector_steps", corrector_steps, 0),
-            ("cg_iterations", cg_iterations, 1),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
-        if member_batch_size is not None and (
-            not isinstance(member_batch_size, int) or member_batch_size < 1
-        ):
-            raise ValueError(
-                f"`member_batch_size` must be an integer >= 1, got {member_batch_size!r}"
-            )
-        if analysis not in ANALYSES:
-            raise ValueError(f"`analysis` must be one of {ANALYSES}, got {analysis!r}")
-        if not tau > 0:
-            raise ValueError(f"`tau` must be > 0, got {tau}")
-        if not gamma >= 0:
-            raise ValueError(f"`gamma` must be >= 0, got {gamma}")
-        canonical_covariance(likelihood_covariance)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if isinstance(generator, list) and len(generator) != num_members:
-            raise ValueError(
-                f"`generator` is a list of {len(generator)} generators; expected one per member "
-                f"({num_members})"
-            )
-        for index, observation in enumerate(observations):
-            if not isinstance(observation, Observation):
-                raise ValueError(
-                    f"`observations[{index}]` must be an Observation, "
-                    f"got {type(observation).__name__}"
-                )
-            try:
-                observation.check_state(grid.levels, grid.space)
-            except ValueError as error:
-                raise ValueError(
-                    f"`observations[{index}]` ({observation.modality!r}) does not fit the state "
-                    f"(levels={grid.levels}, space={grid.space}): {error}"
-                ) from error
-            if not 0 <= observation.time_index < grid.time:
-                raise ValueError(
-                    f"`observations[{index}].time_index` is {observation.time_index}; expected "
-                    f"0 <= time_index < {grid.time} (the window length)"
-                )
-            noise = torch.as_tensor(observation.noise_std)
-            if (noise < 0).any():
-                raise ValueError(f"`observations[{index}].noise_std` must be >= 0")
-
-    # ------------------------------------------------------------------ likelihood terms
-    def likelihood_terms(
-        self,
-        observations: Sequence[Observation],
-        routes: Sequence[str],
-        grid: _Grid,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> list[GaussianTerm]:
-        """Gaussian terms: one per decoded observation, one per latent background step, one fused
-        term per step for the encoded observations (docs/method.md §Routes)."""
-        level_std = torch.as_tensor(
-            self.autoencoder.config.level_std or [1.0] * self.levels, device=device, dtype=dtype
-        )
-        terms, encoded = [], {}
-        for observation, route in zip(observations, routes, strict=True):
-            observation = observation.to(device=device, dtype=dtype)
-            if route == "decoded":
-                terms.append(decoded_term(observation, self.decode, level_std))
-            elif isinstance(observation, Background):
-                terms.append(latent_background_term(observation, self.encode))
-            else:
-                encoded.setdefault(observation.time_index, []).append(observation)
-        for index, items in sorted(encoded.items()):
-            terms.append(
-                encoded_observation_term(
-                    items, index, self.observation_encoder, grid.latent_space, device, dtype
-                )
-            )
-        return terms
-
-    # ------------------------------------------------------------------ outputs
-    def _to_output(
-        self,
-        members: Tensor,
-        latents: Tensor,
-        output_type: str,
-        template: xr.DataArray | None,
-    ) -> AssimilationOutput:
-        count = members.shape[0]
-        mean = members.mean(0)
-        std = members.std(0, correction=1) if count > 1 else torch.zeros_like(mean)
-        if output_type in ("pt", "latent"):
-            return AssimilationOutput(members=members, mean=mean, std=std, latents=latents)
-        arrays = [a.detach().cpu().numpy() for a in (members, mean, std)]
-        if output_type == "np":
-            return AssimilationOutput(*arrays, latents=latents)
-        if template is not None:
-            dims, coords, attrs = template.dims, template.coords, dict(template.attrs)
-            coords = {name: coord for name, coord in coords.items() if set(coord.dims) <= set(dims)}
-        else:
-            space_names = ("y", "x")[-self.spatial_dims :]
-            dims, coords, attrs = ("time", "level", *space_names), {}, {}
-        attrs = {**_DEFAULT_ATTRS, **attrs}
-        members_da = xr.DataArray(arrays[0], dims=("member", *dims), coords=coords, attrs=attrs)
-        members_da = members_da.assign_coords(member=np.arange(count))
-        mean_da = xr.DataArray(arrays[1], dims=dims, coords=coords, attrs=attrs)
-        std_da = xr.DataArray(
-            arrays[2],
-            dims=dims,
-            coords=coords,
-            attrs={**attrs, "long_name": f"ensemble spread of {attrs['long_name']}"},
-        )
-        dataset = xr.Dataset({"members": members_da, "mean": mean_da, "std": std_da})
-        dataset.attrs["source"] = "slams_diffusers.SLAMSPipeline"
-        return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
-
-    # ------------------------------------------------------------------ call
-    def _background_covariance(
-        self, background_error_std, background_error_covariance, background_error_length_scale, grid
-    ):
-        """``B``: the declared covariance, else ``background_error_std`` with a horizontal
-        correlation of ``background_error_length_scale`` cells
-        (:meth:`~slams_diffusers.covariance.SpectralCovariance.from_length_scale`, Gaussian), else
-        its diagonal, else the pipeline's ``background_covariance``, else 1 K white. A white
-        ``B`` for a state with horizontal extent gets a warning: it declares the background's
-        large scales nearly exact."""
-        if background_error_length_scale is not None:
-            if background_error_covariance is not None:
-                raise ValueError(
-                    "`background_error_length_scale` shapes `background_error_std`; with "
-                    "`background_error_covariance` give neither of them."
-                )
-            if not grid.space:
-                raise ValueError(
-                    "`background_error_length_scale` needs a state with horizontal extent; "
-                    f"this background is a column {(grid.levels,)}: give `background_error_std`."
-                )
-            length = background_error_length_scale
-            if isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0:
-                raise ValueError(
-                    "`background_error_length_scale` must be a positive number of grid cells, "
-                    f"got {length!r}"
-                )
-            std = 1.0 if background_error_std is None else background_error_std
-            std = torch.as_tensor(std, dtype=torch.float64)
-            if std.numel() not in (1, grid.levels):
-                raise ValueError(
-                    "`background_error_std` with `background_error_length_scale` must be a scalar "
-                    f"or one value per level ({grid.levels}), got shape {tuple(std.shape)}"
-                )
-            if (std < 0).any() or not torch.isfinite(std).all():
-                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
-            return SpectralCovariance.from_length_scale(
-                std.reshape(-1), float(length), grid.space, levels=grid.levels
-            )
-        if background_error_covariance is None and background_error_std is None:
-            background_error_covariance = self.background_covariance
-        if background_error_covariance is None:
-            std = 1.0 if background_error_std is None else background_error_std
-            std = torch.as_tensor(std, dtype=torch.float64)
-            if std.dim() == 1 and std.numel() == grid.levels:
-                std = std.reshape(-1, *([1] * len(grid.space)))
-            try:
-                std = torch.broadcast_to(std, (grid.levels, *grid.space))
-            except RuntimeError as error:
-                raise ValueError(
-                    "`background_error_std` must be a scalar, one value per level "
-                    f"({grid.levels}) or broadcastable to {(grid.levels, *grid.space)}, got shape "
-                    f"{tuple(std.shape)}"
-                ) from error
-            if (std < 0).any() or not torch.isfinite(std).all():
-                raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
-            background_error_covariance = DiagonalCovariance.from_std(std, grid.levels, grid.space)
-        if (
-            isinstance(background_error_covariance, DiagonalCovariance)
-            and math.prod(grid.space) > 1
-        ):
-            logger.warning(
-                "A white background-error covariance (errors uncorrelated between grid cells) "
-                "declares the background's large scales nearly exact, so the analysis barely "
-                "moves them; if its errors are correlated, pass `background_error_length_scale` "
-                "(grid cells) with `background_error_std`, or a SpectralCovariance "
-                "(estimate_background_covariance)."
-            )
-        for name in ("apply", "solve", "sample", "variance"):
-            if not callable(getattr(background_error_covariance, name, None)):
-                raise ValueError(
-                    "`background_error_covariance` must be a covariance object with apply, solve, "
-                    f"sample and variance (slams_diffusers.covariance), got "
-                    f"{type(background_error_covariance).__name__}"
-                )
-        found = (background_error_covariance.levels, tuple(background_error_covariance.grid_shape))
-        if found != (grid.levels, grid.space):
-            raise ValueError(
-                f"`background_error_covariance` is for (levels, grid) = {found}; the background "
-                f"has {(grid.levels, grid.space)}"
-            )
-        return background_error_covariance
-
-    def _analysis(self, analysis: str, background: Tensor | None) -> str:
-        """The analysis ``"auto"`` stands for; ``"full"`` without a background or when ``D ∘ E``
-        is the identity (a level normaliser)."""
-        if background is None or isinstance(self.autoencoder, LevelNormalizer):
-            return "full"
-        return "filtered" if analysis == "auto" else analysis
-
-    def _unresolved_part(
-        self,
-        analysis: str,
-        background: Tensor,
-        covariance: Any,
-        resolved: Tensor,
-        observations: Sequence[Observation],
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> Tensor:
-        """What the members ``resolved = D(z_a)`` lack: ``ρ_b = x_b − D(E(x_b))`` (incremental) or
-        a draw of its posterior given ``ρ_b`` and the ``observations`` (filtered; docs/method.md
-        §Analysis), drawn with each member's generator after its reverse run."""
-        residual = background - self.decode(self.encode(background[None]))[0]
-        if analysis == "incremental":
-            return residual[None]
-        unresolved = unresolved_error_covariance(
-            lambda state: self.decode(self.encode(state)), background, covariance
-        ).to(background.device)
-        posterior = residual_posterior(residual, unresolved)
-        generators = generator if isinstance(generator, list) else [generator] * len(resolved)
-        return torch.stack(
-            [
-                posterior.sample_given(member, observations, g)
-                for member, g in zip(resolved, generators, strict=True)
-            ]
-        )
-
-    def _corrector(self, corrector_steps: int | None, tau: float | None) -> tuple[int, float]:
-        """How many Langevin corrections follow each predictor step, and their ``τ`` (the
-        scheduler's config unless given)."""
-        config = self.scheduler.config
-        steps = config.corrector_steps if corrector_steps is None else corrector_steps
-        return steps, (config.tau if tau is None else tau)
-
-    def _warn_out_of_range(self, members: Tensor, threshold: float = 8.0) -> None:
-        """Warn when an analysis leaves the training data's range (``level_mean ± threshold
-        level_std``) by a wide margin: the prior was never trained there."""
-        config = self.autoencoder.config
-        if config.level_mean is None or config.level_std is None:
-            return
-        shape = (-1,) + (1,) * self.spatial_dims
-        mean = torch.as_tensor(config.level_mean).to(members).reshape(shape)
-        std = torch.as_tensor(config.level_std).to(members).reshape(shape)
-        deviation = ((members - mean) / std).abs()
-        worst = float(deviation.max()) if deviation.numel() else 0.0
-        if not worst > threshold:
-            return
-        level = int(deviation.amax(dim=tuple(d for d in range(members.dim()) if d != 2)).argmax())
-        logger.warning(
-            f"The analysis leaves the range of the model's training data: up to {worst:.1f} "
-            f"climatological std from the level mean at level {level} (mean "
-            f"{float(mean.reshape(-1)[level]):.1f}, std {float(std.reshape(-1)[level]):.2f}); "
-            f"extremes {float(members.min()):.4g} to {float(members.max()):.4g}. Check the inputs' "
-            "units and levels, or use more inference steps."
-        )
 
     @torch.no_grad()
     def __call__(
@@ -831,11 +214,22 @@ class SLAMSPipeline(DiffusionPipeline):
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` after each
                 predictor-corrector step; may replace ``"latents"``.
         """
-        corrector_steps, tau = self._corrector(corrector_steps, tau)
+        defaults = self.scheduler.config
+        corrector_steps = defaults.corrector_steps if corrector_steps is None else corrector_steps
+        tau = defaults.tau if tau is None else tau
         observations = list(observations)
-        background, template = self._read_background(background)
-        grid = self._grid(background, observations, num_frames)
-        self.check_inputs(
+        background, template = read_background(
+            background, self.spatial_dims, self.autoencoder.config.get("levels_hpa")
+        )
+        grid = problem_grid(
+            background,
+            observations,
+            num_frames,
+            autoencoder=self.autoencoder,
+            window=self.window,
+            score_widths=getattr(self.score_model.config, "hidden_channels", None),
+        )
+        check_inputs(
             background=background,
             observations=observations,
             grid=grid,
@@ -850,41 +244,41 @@ class SLAMSPipeline(DiffusionPipeline):
             output_type=output_type,
             generator=generator,
             member_batch_size=member_batch_size,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_tensor_inputs=self._callback_tensor_inputs,
         )
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                "`callback_on_step_end_tensor_inputs` may only name "
-                f"{self._callback_tensor_inputs}, got {sorted(unknown)}"
-            )
         if spread_inflation is None:
             spread_inflation = self.config.get("spread_inflation") or 1.0
         spread_inflation = spread_inflation_factors(spread_inflation, self.levels)
         observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
-            covariance = self._background_covariance(
+            covariance = resolve_background_covariance(
                 background_error_std,
                 background_error_covariance,
                 background_error_length_scale,
-                grid,
+                levels=grid.levels,
+                grid_shape=grid.space,
+                default=self.background_covariance,
             )
-            std = covariance.variance().sqrt().to(background)
-            observations += [
-                Background(values=values, noise_std=std, time_index=index, covariance=covariance)
-                for index, values in enumerate(background)
-            ]
-        routes = resolve_routes(
-            observations,
-            guidance,
-            self.observation_encoder,
-            linear_autoencoder=isinstance(self.autoencoder, LevelNormalizer),
-        )
+            observations += background_observations(background, covariance)
+        linear = isinstance(self.autoencoder, LevelNormalizer)  # D ∘ E is the identity
+        routes = resolve_routes(observations, guidance, self.observation_encoder, linear)
 
         device, dtype = self.device, self._model_dtype
         guided = GuidedScore(
             MarkovBlanketScore(self.score_model),
             self.scheduler.alpha_sigma,
-            self.likelihood_terms(observations, routes, grid, device, dtype),
+            likelihood_terms(
+                observations,
+                routes,
+                encode=self.encode,
+                decode=self.decode,
+                observation_encoder=self.observation_encoder,
+                level_std=self.autoencoder.config.level_std or [1.0] * self.levels,
+                latent_space=grid.latent_space,
+                device=device,
+                dtype=dtype,
+            ),
             likelihood_covariance,
             gamma,
             cg_iterations,
@@ -923,25 +317,28 @@ class SLAMSPipeline(DiffusionPipeline):
                     progress.update()
                 results.append(latents)
         latents = torch.cat(results)
-        if not torch.isfinite(latents).all():
-            logger.warning(
-                "The analysis has non-finite values: the guidance was too stiff for the step "
-                "size. Try likelihood_covariance='moment_matching' or more steps."
-            )
+        warn_non_finite(latents)
 
         if output_type == "latent":
             members = latents
         else:
             members = self.decode(latents)
-            analysis = self._analysis(analysis, background)
+            analysis = resolve_analysis(analysis, background, linear_autoencoder=linear)
             if analysis != "full":
                 observed = [o for o in observations if not isinstance(o, Background)]
-                members = members + self._unresolved_part(
-                    analysis, background.to(device, dtype), covariance, members, observed, generator
+                members = members + unresolved_part(
+                    analysis,
+                    background.to(device, dtype),
+                    covariance,
+                    members,
+                    observed,
+                    generator,
+                    autoencode=lambda state: self.decode(self.encode(state)),
                 )
             members = inflate_spread(members, spread_inflation, level_dim=2)
-            self._warn_out_of_range(members)
-        output = self._to_output(members, latents, output_type, template)
+            config = self.autoencoder.config
+            warn_out_of_range(members, config.level_mean, config.level_std)
+        output = to_output(members, latents, output_type, template, self.spatial_dims)
         self.maybe_free_model_hooks()
         if not return_dict:
             return output.to_tuple()
