@@ -51,10 +51,12 @@ __all__ = [
     "resolve_analysis",
     "residual_posterior",
     "unresolved_error_covariance",
+    "UNRESOLVED_PARTS",
+    "filtered_part",
+    "incremental_part",
     "unresolved_part",
 ]
 
-ANALYSES = ("auto", "filtered", "incremental", "full")
 #: Draws ``e ~ N(0, B)`` per background step that estimate ``B_⊥``.
 UNRESOLVED_DRAWS = 16
 
@@ -171,6 +173,53 @@ def resolve_analysis(analysis: str, background: Tensor | None, linear_autoencode
     return "filtered" if analysis == "auto" else analysis
 
 
+def incremental_part(
+    residual: Tensor,
+    background: Tensor,
+    covariance: BackgroundCovariance,
+    resolved: Tensor,
+    observations: Sequence[Observation],
+    generators: list[torch.Generator | None],
+    autoencode: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``"incremental"``: the background's own ``ρ_b`` for every member, ``(1, T, levels,
+    *space)``."""
+    return residual[None]
+
+
+def filtered_part(
+    residual: Tensor,
+    background: Tensor,
+    covariance: BackgroundCovariance,
+    resolved: Tensor,
+    observations: Sequence[Observation],
+    generators: list[torch.Generator | None],
+    autoencode: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``"filtered"``: per member a draw of the posterior of ``ρ`` given ``ρ_b`` and the
+    ``observations`` (the module docstring), ``(n, T, levels, *space)``."""
+    unresolved = unresolved_error_covariance(autoencode, background, covariance).to(
+        background.device
+    )
+    posterior = residual_posterior(residual, unresolved)
+    return torch.stack(
+        [
+            posterior.sample_given(member, observations, g)
+            for member, g in zip(resolved, generators, strict=True)
+        ]
+    )
+
+
+#: What each analysis adds to the members ``D(z_a)`` (``"full"``: nothing), by name.
+UNRESOLVED_PARTS: dict[str, Callable[..., Tensor]] = {
+    "filtered": filtered_part,
+    "incremental": incremental_part,
+}
+#: The accepted ``analysis`` names: ``"auto"`` (:func:`resolve_analysis`), those with an
+#: unresolved part, and ``"full"`` (``D(z_a)`` alone).
+ANALYSES = ("auto", *UNRESOLVED_PARTS, "full")
+
+
 def unresolved_part(
     analysis: str,
     background: Tensor,
@@ -180,22 +229,12 @@ def unresolved_part(
     generator: torch.Generator | list[torch.Generator] | None,
     autoencode: Callable[[Tensor], Tensor],
 ) -> Tensor:
-    """What the members ``resolved = D(z_a)`` ``(n, T, levels, *space)`` lack, ``(n or 1, T,
-    levels, *space)``: ``ρ_b = x_b − D(E(x_b))`` (``"incremental"``) or a draw of its posterior
-    given ``ρ_b`` and the ``observations`` (``"filtered"``, the module docstring), drawn with each
-    member's generator after its reverse run. ``autoencode`` is ``D ∘ E`` on ``(batch, T,
-    levels, *space)`` states; ``covariance`` is ``B``."""
+    """What the members ``resolved = D(z_a)`` ``(n, T, levels, *space)`` lack under
+    ``analysis`` (:data:`UNRESOLVED_PARTS`), ``(n or 1, T, levels, *space)``, from
+    ``ρ_b = x_b − D(E(x_b))``; draws use each member's generator after its reverse run.
+    ``autoencode`` is ``D ∘ E`` on ``(batch, T, levels, *space)`` states; ``covariance`` is
+    ``B``."""
     residual = background - autoencode(background[None])[0]
-    if analysis == "incremental":
-        return residual[None]
-    unresolved = unresolved_error_covariance(autoencode, background, covariance).to(
-        background.device
-    )
-    posterior = residual_posterior(residual, unresolved)
     generators = generator if isinstance(generator, list) else [generator] * len(resolved)
-    return torch.stack(
-        [
-            posterior.sample_given(member, observations, g)
-            for member, g in zip(resolved, generators, strict=True)
-        ]
-    )
+    part = UNRESOLVED_PARTS[analysis]
+    return part(residual, background, covariance, resolved, observations, generators, autoencode)

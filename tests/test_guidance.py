@@ -224,3 +224,24 @@ def test_kalman_bound_weighs_each_residual_by_its_error():
         lambda latent: (latent[:, 0],), torch.zeros_like(update), -update, residuals, masks, metric
     )
     assert float(away) == 0.0
+
+
+def test_a_likelihood_covariance_is_one_registry_entry(monkeypatch):
+    """``LIKELIHOOD_COVARIANCES`` picks the score function by name: a new entry is accepted by
+    name (and by ``likelihood_score``) with nothing else changed; an unknown name is refused."""
+    from slams_diffusers.guidance import LIKELIHOOD_COVARIANCES, canonical_covariance
+
+    calls = []
+
+    def zero_score(z_t, z_hat, terms, alpha, sigma, gamma, cg_iterations):
+        calls.append((gamma, cg_iterations))
+        return torch.zeros_like(z_t)
+
+    monkeypatch.setitem(LIKELIHOOD_COVARIANCES, "zero", zero_score)
+    z = torch.ones(1, 1, 1, 2, 2)
+    assert canonical_covariance("zero") == "zero"
+    score = likelihood_score(z, z, [], torch.tensor(1.0), torch.tensor(0.5), "zero", 0.3, 7)
+    assert torch.equal(score, torch.zeros_like(z)) and calls == [(0.3, 7)]
+    assert canonical_covariance("tweedie") == "moment_matching"
+    with pytest.raises(ValueError, match="`likelihood_covariance` must be one of"):
+        canonical_covariance("exact")

@@ -22,70 +22,102 @@ from torch import Tensor
 from .conjugate_gradient import batch_dot, conjugate_gradient
 from .terms import GaussianTerm
 
-__all__ = ["COVARIANCES", "canonical_covariance", "likelihood_score"]
+__all__ = [
+    "COVARIANCES",
+    "LIKELIHOOD_COVARIANCES",
+    "canonical_covariance",
+    "diagonal_score",
+    "likelihood_score",
+    "moment_matching_score",
+]
 
-COVARIANCES = ("moment_matching", "diagonal")
 _ALIASES = {"tweedie": "moment_matching", "mmps": "moment_matching"}
 
 
 def canonical_covariance(name: str) -> str:
     """The covariance's canonical name (``"tweedie"`` is the old name of moment matching)."""
     name = _ALIASES.get(name, name) if isinstance(name, str) else name
-    if name not in COVARIANCES:
+    if name not in LIKELIHOOD_COVARIANCES:
         raise ValueError(
-            f"`likelihood_covariance` must be one of {COVARIANCES} (or the alias 'tweedie'), "
-            f"got {name!r}"
+            f"`likelihood_covariance` must be one of {tuple(LIKELIHOOD_COVARIANCES)} (or the "
+            f"alias 'tweedie'), got {name!r}"
         )
     return name
 
 
-def likelihood_score(
+def _observer(terms: Sequence[GaussianTerm]) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """``h`` of every term at once (for autograd and ``torch.func.jvp``)."""
+
+    def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
+        return tuple(term.observe(latent) for term in terms)
+
+    return observe_all
+
+
+def _preconditioner(
+    terms: Sequence[GaussianTerm], alpha: Tensor, sigma: Tensor
+) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``(Σ + c_t scale² I)^{-1}`` on the observed entries, with ``c_t = sigma_t²/(alpha_t² +
+    sigma_t²)`` the climatology's ``Cov[z | z_t]`` in normalised units: exact where ``Σ`` or
+    ``V_t`` dominates, and it makes a correlated ``Σ`` (e.g. a spectral B) cheap to invert in few
+    iterations. It is also the metric of the Kalman bound."""
+    shift = sigma**2 / (alpha**2 + sigma**2)
+
+    def precondition(vectors: list[Tensor]) -> list[Tensor]:
+        return [
+            term.mask * term.noise_solve(v, shift) for term, v in zip(terms, vectors, strict=True)
+        ]
+
+    return precondition
+
+
+def diagonal_score(
     z_t: Tensor,
     z_hat: Tensor,
     terms: Sequence[GaussianTerm],
     alpha: Tensor,
     sigma: Tensor,
-    covariance: str = "moment_matching",
     gamma: float = 1e-2,
     cg_iterations: int = 3,
 ) -> Tensor:
-    """``∇_{z_t} log p(y | z_t)`` summed over ``terms``.
+    """``∇_{z_t} log p(y | z_t)`` with ``V_t = γ (sigma_t/alpha_t)² scale² I`` (SDA): one
+    vector-Jacobian product through the denoiser, bounded as a Kalman update.
+    ``cg_iterations`` is unused (the signature of :data:`LIKELIHOOD_COVARIANCES`)."""
+    inflation = gamma * (sigma / alpha) ** 2
+    log_p, residuals = 0.0, []
+    for term in terms:
+        residual = term.mask * (term.target - term.observe(z_hat))
+        residuals.append(residual.detach())
+        log_p = log_p - 0.5 * torch.sum(residual * term.noise_solve(residual, inflation))
+    score = torch.autograd.grad(log_p, z_t)[0]
+    bound = _kalman_bound(
+        _observer(terms),
+        z_hat.detach(),
+        sigma**2 / alpha * score,
+        residuals,
+        [term.mask for term in terms],
+        _preconditioner(terms, alpha, sigma),
+    )
+    return score * bound
 
-    ``z_hat`` must be computed from ``z_t`` with the autograd graph kept. ``"diagonal"`` needs one
-    vector-Jacobian product through the denoiser, ``"moment_matching"`` ``cg_iterations + 1``
-    (∂ẑ/∂z_t is symmetric, so a VJP applies it).
-    """
-    covariance = canonical_covariance(covariance)
+
+def moment_matching_score(
+    z_t: Tensor,
+    z_hat: Tensor,
+    terms: Sequence[GaussianTerm],
+    alpha: Tensor,
+    sigma: Tensor,
+    gamma: float = 1e-2,
+    cg_iterations: int = 3,
+) -> Tensor:
+    """``∇_{z_t} log p(y | z_t)`` with ``V_t = J_h Cov[z | z_t] J_h^T`` (MMPS):
+    ``cg_iterations`` preconditioned conjugate-gradient steps over all terms jointly, then one
+    vector-Jacobian product (∂ẑ/∂z_t is symmetric, so a VJP applies it), bounded as a Kalman
+    update. ``gamma`` is unused (the signature of :data:`LIKELIHOOD_COVARIANCES`)."""
     masks = [term.mask for term in terms]
     posterior_scale = sigma**2 / alpha
-
-    def observe_all(latent: Tensor) -> tuple[Tensor, ...]:
-        return tuple(term.observe(latent) for term in terms)
-
-    # Preconditioner (Σ + c_t scale² I)^{-1} with c_t = sigma_t²/(alpha_t² + sigma_t²), the
-    # climatology's Cov[z | z_t] in normalised units: exact where Σ or V_t dominates, and it makes
-    # a correlated Σ (e.g. a spectral B) cheap to invert in few iterations. It is also the metric
-    # of the Kalman bound.
-    shift = sigma**2 / (alpha**2 + sigma**2)
-
-    def precondition(vectors: list[Tensor]) -> list[Tensor]:
-        return [
-            m * term.noise_solve(v, shift) for m, term, v in zip(masks, terms, vectors, strict=True)
-        ]
-
-    if covariance == "diagonal":
-        inflation = gamma * (sigma / alpha) ** 2
-        log_p, residuals = 0.0, []
-        for term in terms:
-            residual = term.mask * (term.target - term.observe(z_hat))
-            residuals.append(residual.detach())
-            log_p = log_p - 0.5 * torch.sum(residual * term.noise_solve(residual, inflation))
-        score = torch.autograd.grad(log_p, z_t)[0]
-        bound = _kalman_bound(
-            observe_all, z_hat.detach(), posterior_scale * score, residuals, masks, precondition
-        )
-        return score * bound
-
+    observe_all = _observer(terms)
+    precondition = _preconditioner(terms, alpha, sigma)
     x = z_hat.detach().requires_grad_(True)
     with torch.enable_grad():
         predictions = [term.observe(x) for term in terms]
@@ -115,6 +147,32 @@ def likelihood_score(
         observe_all, x.detach(), posterior_scale * score, residuals, masks, precondition
     )
     return score * bound
+
+
+#: The likelihood covariances by canonical name: each maps ``(z_t, z_hat, terms, alpha, sigma,
+#: gamma, cg_iterations)`` to ``∇_{z_t} log p(y | z_t)``. A new approximation is one more entry.
+LIKELIHOOD_COVARIANCES: dict[str, Callable[..., Tensor]] = {
+    "moment_matching": moment_matching_score,
+    "diagonal": diagonal_score,
+}
+COVARIANCES = tuple(LIKELIHOOD_COVARIANCES)
+
+
+def likelihood_score(
+    z_t: Tensor,
+    z_hat: Tensor,
+    terms: Sequence[GaussianTerm],
+    alpha: Tensor,
+    sigma: Tensor,
+    covariance: str = "moment_matching",
+    gamma: float = 1e-2,
+    cg_iterations: int = 3,
+) -> Tensor:
+    """``∇_{z_t} log p(y | z_t)`` summed over ``terms``, with the ``covariance`` of
+    :data:`LIKELIHOOD_COVARIANCES` (its user-facing name or an alias). ``z_hat`` must be computed
+    from ``z_t`` with the autograd graph kept."""
+    score = LIKELIHOOD_COVARIANCES[canonical_covariance(covariance)]
+    return score(z_t, z_hat, terms, alpha, sigma, gamma=gamma, cg_iterations=cg_iterations)
 
 
 def _kalman_bound(
