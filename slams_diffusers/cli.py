@@ -109,10 +109,10 @@ def _process_state():
     machines form a gloo group, as in training)."""
     from accelerate import PartialState
 
-    from .training import _has_accelerator_device
+    from .training import has_accelerator_device
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return PartialState(cpu=world_size > 1 and not _has_accelerator_device())
+    return PartialState(cpu=world_size > 1 and not has_accelerator_device())
 
 
 # ------------------------------------------------------------------------------ assimilate
@@ -163,10 +163,12 @@ def _background_error(args: argparse.Namespace, pipe, levels: int):
 
 
 def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, ...]:
+    from .validation import periodic_axes
+
     if choice == "auto":
         wraps = bool(getattr(pipe.autoencoder.config, "periodic", False))
         choice = "x" if wraps else "none"
-    return tuple(dim in choice for dim in spatial_dims)
+    return periodic_axes([d for d in spatial_dims if d in choice] or "none", len(spatial_dims))
 
 
 def _assimilate(args: argparse.Namespace) -> int:
@@ -405,7 +407,7 @@ def _train_commands(args: argparse.Namespace) -> list[list[str]]:
     """The ``accelerate launch`` commands of both stages, their options checked by the scripts'
     own parsers (so a typo fails now, not after stage 1)."""
     from .data.datasets import open_store
-    from .io import _open_dataset
+    from .io import open_dataset
     from .training import parse_args
 
     data = args.data
@@ -413,7 +415,7 @@ def _train_commands(args: argparse.Namespace) -> list[list[str]]:
         raise ValueError(f"--data: no such file or folder {data!r}")
     if not (Path(data) / "dataset_info.json").exists():  # a `datasets` folder is read by training
         try:
-            open_store(_open_dataset(Path(data), "--data"), args.variable)
+            open_store(open_dataset(Path(data), "--data"), args.variable)
         except ValueError as error:
             raise ValueError(f"--data {data!r}: {' '.join(str(error).split())}") from error
     output = Path(args.output_dir)

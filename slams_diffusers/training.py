@@ -765,7 +765,7 @@ def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = Fa
     # (all writing output_dir); with cpu=True they form one DDP group over gloo.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
-        cpu=world_size > 1 and not _has_accelerator_device(),
+        cpu=world_size > 1 and not has_accelerator_device(),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to,
@@ -796,7 +796,7 @@ def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = Fa
     return accelerator
 
 
-def _has_accelerator_device() -> bool:
+def has_accelerator_device() -> bool:
     """Whether torch sees a GPU-like device (``torch.accelerator``, else CUDA)."""
     api = getattr(torch, "accelerator", None)
     if api is not None and hasattr(api, "is_available"):
