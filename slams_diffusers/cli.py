@@ -406,7 +406,7 @@ def _load_script(name: str):
 def _train_commands(args: argparse.Namespace) -> list[list[str]]:
     """The ``accelerate launch`` commands of both stages, their options checked by the scripts'
     own parsers (so a typo fails now, not after stage 1)."""
-    from .data.datasets import open_store
+    from .data.stores import open_store
     from .io import open_dataset
     from .training import parse_args
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .data.datasets import CELSIUS_UNITS, DIM_ALIASES, open_store
+from .data.stores import CELSIUS_UNITS, DIM_ALIASES, open_store
 from .observations import Observation, Satellite, Stations
 
 __all__ = [

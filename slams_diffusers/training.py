@@ -32,7 +32,8 @@ import xarray as xr
 import yaml
 from torch import Tensor, nn
 
-from .data.datasets import add_split, open_store, select_split
+from .data.splits import add_split, select_split
+from .data.stores import open_store
 from .models.observation_encoder import error_correlation_matrix, posterior_to_likelihood
 from .models.state_autoencoder import StateAutoencoder
 from .observations import Observation
@@ -216,7 +217,7 @@ def open_training_store(
     if path.is_dir() and (path / "dataset_info.json").is_file():
         import datasets
 
-        from .data.datasets import from_hf_dataset
+        from .data.hf import from_hf_dataset
 
         data = from_hf_dataset(datasets.load_from_disk(str(path)))
         if args.variable is not None:
