@@ -20,6 +20,7 @@ __all__ = [
     "add_split",
     "label_split",
     "select_split",
+    "split_counts",
     "split_dim",
     "split_labels",
 ]
@@ -29,6 +30,25 @@ SPLIT_NAMES = ("train", "val", "test")
 
 GAP_LABEL = "gap"
 """Split label of the times :func:`add_split` leaves out between two splits."""
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Items (trajectories or times) per split: largest remainder, and at least one for every
+    nonzero fraction when ``n`` allows it."""
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.ndim != 1 or np.any(f < 0) or f.sum() <= 0:
+        raise ValueError(f"splits: expected non-negative fractions, got {fractions}")
+    f = f / f.sum()
+    counts = np.floor(f * n).astype(int)
+    for i in np.argsort(-(f * n - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    nonzero = np.flatnonzero(f > 0)
+    if n >= len(nonzero):
+        for i in nonzero:
+            if counts[i] == 0:
+                counts[i] = 1
+                counts[np.argmax(counts)] -= 1
+    return counts.tolist()
 
 
 def split_labels(data: xr.DataArray) -> np.ndarray:
@@ -132,8 +152,6 @@ def add_split(
     Raises:
         ValueError: bad fractions, gap or ``by``, or too few trajectories / times.
     """
-    from .qg import split_counts
-
     try:
         shares = [float(f) for f in fractions]
     except (TypeError, ValueError) as e:
