@@ -109,10 +109,10 @@ def _process_state():
     machines form a gloo group, as in training)."""
     from accelerate import PartialState
 
-    from .training import _has_accelerator_device
+    from .training import has_accelerator_device
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return PartialState(cpu=world_size > 1 and not _has_accelerator_device())
+    return PartialState(cpu=world_size > 1 and not has_accelerator_device())
 
 
 # ------------------------------------------------------------------------------ assimilate
@@ -163,10 +163,12 @@ def _background_error(args: argparse.Namespace, pipe, levels: int):
 
 
 def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, ...]:
+    from .validation import periodic_axes
+
     if choice == "auto":
         wraps = bool(getattr(pipe.autoencoder.config, "periodic", False))
         choice = "x" if wraps else "none"
-    return tuple(dim in choice for dim in spatial_dims)
+    return periodic_axes([d for d in spatial_dims if d in choice] or "none", len(spatial_dims))
 
 
 def _assimilate(args: argparse.Namespace) -> int:
@@ -404,8 +406,8 @@ def _load_script(name: str):
 def _train_commands(args: argparse.Namespace) -> list[list[str]]:
     """The ``accelerate launch`` commands of both stages, their options checked by the scripts'
     own parsers (so a typo fails now, not after stage 1)."""
-    from .data.datasets import open_store
-    from .io import _open_dataset
+    from .data.stores import open_store
+    from .io import open_dataset
     from .training import parse_args
 
     data = args.data
@@ -413,7 +415,7 @@ def _train_commands(args: argparse.Namespace) -> list[list[str]]:
         raise ValueError(f"--data: no such file or folder {data!r}")
     if not (Path(data) / "dataset_info.json").exists():  # a `datasets` folder is read by training
         try:
-            open_store(_open_dataset(Path(data), "--data"), args.variable)
+            open_store(open_dataset(Path(data), "--data"), args.variable)
         except ValueError as error:
             raise ValueError(f"--data {data!r}: {' '.join(str(error).split())}") from error
     output = Path(args.output_dir)
@@ -605,6 +607,62 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if overall["RMSE SLAMS"] < overall["RMSE background"] else 1
 
 
+# ---------------------------------------------------------------------------- simulate qg
+def add_simulate_qg_arguments(parser) -> None:
+    """Options of ``slams simulate qg`` (see :func:`~slams_diffusers.data.qg.simulate_dataset`)."""
+    from .data.qg import DEFAULT_STEPS, DEFAULT_TRAJECTORIES, INTERVAL_HOURS, SPINUP_DAYS
+
+    parser.add_argument("--out", required=True, help="output path: *.zarr or netCDF (*.nc)")
+    parser.add_argument("--trajectories", type=int, default=DEFAULT_TRAJECTORIES)
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="snapshots kept per trajectory"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spinup-days", type=float, default=SPINUP_DAYS)
+    parser.add_argument(
+        "--interval-hours", type=float, default=INTERVAL_HOURS, help="time between snapshots"
+    )
+    parser.add_argument("--nx", type=int, default=64, help="grid size (nx = ny)")
+    parser.add_argument("--store-pv", choices=["all", "eval", "none"], default="eval")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--float64", action="store_true", help="integrate in float64")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def simulate_qg(args) -> int:
+    """Run ``slams simulate qg`` from parsed :func:`add_simulate_qg_arguments` options."""
+    import numpy as np
+    import torch
+
+    from .data.qg import DAY, QGConfig, simulate_dataset, write_dataset
+
+    config = QGConfig(nx=args.nx)
+    start = time.perf_counter()
+    ds = simulate_dataset(
+        args.trajectories,
+        args.steps,
+        args.seed,
+        config=config,
+        spinup=round(args.spinup_days * DAY / config.dt),
+        interval=max(1, round(args.interval_hours * 3600 / config.dt)),
+        store_pv=args.store_pv,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=torch.float64 if args.float64 else torch.float32,
+        progress=not args.no_progress,
+    )
+    write_dataset(ds, args.out)
+    summary = {
+        "out": args.out,
+        "dims": dict(ds.sizes),
+        "splits": {s: int((ds.split == s).sum()) for s in np.unique(ds.split.values)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -739,10 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     qg = testbeds.add_parser(
         "qg", help="multi-layer quasi-geostrophic atmosphere: t(trajectory, time, level, y, x)"
     )
-    from .data.qg import add_simulate_arguments, simulate_main
-
-    add_simulate_arguments(qg)
-    qg.set_defaults(run=simulate_main)
+    add_simulate_qg_arguments(qg)
+    qg.set_defaults(run=simulate_qg)
     return parser
 
 

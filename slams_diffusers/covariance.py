@@ -38,7 +38,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import logging
 from torch import Tensor
 
-from .observations import _as_grid_shape, _as_int
+from .validation import as_grid_shape, as_int
 
 logger = logging.get_logger(__name__)
 
@@ -161,7 +161,7 @@ class BackgroundCovariance(ModelMixin, ConfigMixin):
     """
 
     def _init_shape(self, levels: int, grid_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-        return _as_int(levels, "levels", minimum=1), _as_grid_shape(grid_shape)
+        return as_int(levels, "levels", minimum=1), as_grid_shape(grid_shape)
 
     # -- shape --------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ class BackgroundCovariance(ModelMixin, ConfigMixin):
 
         ``device`` defaults to the buffers' device; the same generator state gives the same draws.
         """
-        num = _as_int(num, "num", minimum=1)
+        num = as_int(num, "num", minimum=1)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype: expected a floating dtype, got {dtype}")
         if device is None:
@@ -303,7 +303,7 @@ class DiagonalCovariance(BackgroundCovariance):
         """``B = diag(std²)`` from a scalar, a per-level ``(levels,)`` (or ``(levels, 1, 1)``)
         or a per-cell ``(levels, *space)`` std (anything broadcastable to ``(levels, *space)``;
         a 1-d tensor of length ``levels`` is always per level)."""
-        cov = cls(levels=levels, grid_shape=tuple(_as_grid_shape(grid_shape)))
+        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape)))
         s = torch.as_tensor(std, dtype=torch.float64)
         if s.ndim == 1 and s.shape[0] == cov.levels:
             s = s.reshape(cov.levels, *(1,) * cov.spatial_dims)
@@ -426,7 +426,7 @@ class SpectralCovariance(BackgroundCovariance):
                 f"spectrum: expected shape (..., levels, levels), got {tuple(c.shape)}"
             )
         cov = cls(
-            levels=c.shape[-1], grid_shape=tuple(_as_grid_shape(grid_shape)), isotropic=isotropic
+            levels=c.shape[-1], grid_shape=tuple(as_grid_shape(grid_shape)), isotropic=isotropic
         )
         if tuple(c.shape) != tuple(cov.spectrum.shape):
             lead = "(num_shells" if isotropic else "(*grid_shape"
@@ -518,12 +518,12 @@ class SpectralCovariance(BackgroundCovariance):
         at every grid lag is ``c`` itself. Negative ``ĉ(k)`` (a correlation too long for the
         domain) are set to 0 and ``ĉ`` rescaled so that the variance stays ``σ²``.
         """
-        grid = tuple(_as_grid_shape(grid_shape))
+        grid = tuple(as_grid_shape(grid_shape))
         sd = len(grid)
         sigma = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
         if levels is None:
             levels = sigma.numel()
-        levels = _as_int(levels, "levels", minimum=1)
+        levels = as_int(levels, "levels", minimum=1)
         if sigma.numel() == 1:
             sigma = sigma.expand(levels)
         if sigma.numel() != levels or not bool(torch.isfinite(sigma).all()) or (sigma < 0).any():

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .data.datasets import CELSIUS_UNITS, DIM_ALIASES, open_store
+from .data.stores import CELSIUS_UNITS, DIM_ALIASES, open_store
 from .observations import Observation, Satellite, Stations
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "check_input_file",
     "check_output_file",
     "member_generators",
+    "open_dataset",
     "read_analysis",
     "read_background",
     "read_satellite",
@@ -95,7 +96,7 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _open_dataset(path: Path, argument: str) -> xr.Dataset:
+def open_dataset(path: Path, argument: str) -> xr.Dataset:
     """A lazy dataset from a netCDF file or a zarr store, or a ``ValueError`` saying why not."""
     zarr = path.is_dir() or path.name.endswith((".zarr", ".zarr.zip"))
     try:
@@ -166,7 +167,7 @@ def read_background(
             strictly monotonic, NaN or inf values.
     """
     source = check_input_file(path, argument)
-    dataset = _open_dataset(source, argument)
+    dataset = open_dataset(source, argument)
     where = f"{argument} {str(source)!r}"
     try:
         data = open_store(dataset, variable)
@@ -526,7 +527,7 @@ def read_satellite(
     """
     source = check_input_file(path, argument)
     where = f"{argument} {str(source)!r}"
-    dataset = _canonical_space(_open_dataset(source, argument))
+    dataset = _canonical_space(open_dataset(source, argument))
     for name in ("radiance", "weights"):
         if name not in dataset.data_vars:
             raise ValueError(
@@ -616,7 +617,7 @@ def read_analysis(path: str | os.PathLike, *, argument: str = "--analysis") -> B
     the ``members`` ``(member, time, level, *space)``; ``dim_names`` maps back to the file's."""
     source = check_input_file(path, argument)
     where = f"{argument} {str(source)!r}"
-    dataset = _open_dataset(source, argument)
+    dataset = open_dataset(source, argument)
     if "members" not in dataset.data_vars:
         raise ValueError(
             f"{where}: no variable 'members'; found {sorted(map(str, dataset.data_vars))}, "

@@ -41,13 +41,14 @@ import abc
 import dataclasses
 import itertools
 import math
-import operator as _op
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .validation import as_grid_shape, as_int, check_truth, periodic_axes
 
 __all__ = [
     "Observation",
@@ -58,6 +59,8 @@ __all__ = [
     "check_observations",
     "gaussian_weighting_functions",
     "pressures_hpa",
+    "add_noise",
+    "station_periodic_axes",
 ]
 
 #: Largest pressure read as hPa: values above it (surface pressure is about 1013 hPa) are in Pa.
@@ -76,32 +79,6 @@ def _as_float_tensor(x: Any, name: str) -> Tensor:
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
     return t.clone()
-
-
-def _as_int(x: Any, name: str, minimum: int | None = None) -> int:
-    if isinstance(x, bool):
-        raise ValueError(f"{name}: expected an int, got a bool ({x})")
-    try:
-        v = _op.index(x)
-    except TypeError as e:
-        raise ValueError(f"{name}: expected an int, got {x!r}") from e
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
-    return v
-
-
-def _as_grid_shape(grid_shape: Any, name: str = "grid_shape") -> tuple[int, ...]:
-    try:
-        shape = tuple(_as_int(n, name, minimum=1) for n in grid_shape)
-    except TypeError as e:
-        raise ValueError(
-            f"{name}: expected a tuple of positive ints (x,) or (y, x), got {grid_shape!r}"
-        ) from e
-    if len(shape) not in (1, 2):
-        raise ValueError(
-            f"{name}: expected 1 or 2 spatial dimensions, (x,) or (y, x), got {grid_shape!r}"
-        )
-    return shape
 
 
 def pressures_hpa(source: Any, name: str = "model_pressures") -> list[float]:
@@ -229,7 +206,7 @@ class Observation(abc.ABC):
         """
         if not isinstance(self.modality, str) or not self.modality:
             raise ValueError(f"modality: expected a non-empty str, got {self.modality!r}")
-        self.time_index = _as_int(self.time_index, "time_index", minimum=0)
+        self.time_index = as_int(self.time_index, "time_index", minimum=0)
 
         values = torch.as_tensor(self.values)
         if not values.is_floating_point():
@@ -410,28 +387,23 @@ def check_observations(
     return observations
 
 
-def _noise_like(values: Tensor, noise_std: float | Tensor, generator: torch.Generator | None):
+def add_noise(
+    values: Tensor, noise_std: float | Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """``values + σ_y ε``, ``ε ~ N(0, I)`` drawn with ``generator`` on ``values``' device."""
     eps = torch.randn(values.shape, generator=generator, dtype=values.dtype, device=values.device)
     std = torch.as_tensor(noise_std, dtype=values.dtype, device=values.device)
     return values + std * eps
 
 
-def _check_truth(truth: Tensor, spatial_dims: int | None = None) -> Tensor:
-    truth = torch.as_tensor(truth)
-    if not truth.is_floating_point():
-        truth = truth.to(torch.get_default_dtype())
-    if spatial_dims is None:
-        if truth.ndim not in (2, 3):
-            raise ValueError(
-                f"truth: expected a state (levels, x) or (levels, y, x), "
-                f"got shape {tuple(truth.shape)}"
-            )
-    elif truth.ndim != 1 + spatial_dims:
-        raise ValueError(
-            f"truth: expected a state of shape (levels, *space) with {spatial_dims} spatial "
-            f"dims, got shape {tuple(truth.shape)}"
-        )
-    return truth.detach()
+def station_periodic_axes(periodic: Any, spatial_dims: int) -> tuple[bool, ...]:
+    """``periodic`` as :class:`Stations` reads it: as
+    :func:`~slams_diffusers.validation.periodic_axes`, except that a bool keeps its historical
+    meaning here, ``True`` wrapping the x axis (longitude) only. Name the axes (``"xy"``) or give
+    one bool per axis (``(True, True)``) for a doubly periodic grid."""
+    if isinstance(periodic, bool):
+        periodic = "x" if periodic else "none"
+    return periodic_axes(periodic, spatial_dims)
 
 
 # --------------------------------------------------------------------------- stations
@@ -459,8 +431,9 @@ class Stations(Observation):
         num_levels: number of model levels.
         grid_shape: model spatial shape ``(x,)`` or ``(y, x)``.
         noise_std: ``σ_y``, float or broadcastable to ``values``.
-        periodic: ``True`` wraps the x axis (longitude); a sequence of bools,
-            one per spatial axis, e.g. ``(True, True)`` for a doubly periodic domain.
+        periodic: the axes that wrap, as :func:`station_periodic_axes` reads them: axis names
+            (``"x"``, ``"xy"``) or one bool per spatial axis, e.g. ``(True, True)`` for a doubly
+            periodic domain; a bool wraps the x axis (longitude) only, its historical meaning.
         modality, time_index, mask: see :class:`Observation`.
 
     Use :meth:`from_pressures` to give the levels as pressures.
@@ -478,12 +451,12 @@ class Stations(Observation):
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.grid_shape = _as_grid_shape(self.grid_shape)
-        self.num_levels = _as_int(self.num_levels, "num_levels", minimum=1)
+        self.grid_shape = as_grid_shape(self.grid_shape)
+        self.num_levels = as_int(self.num_levels, "num_levels", minimum=1)
         sd = len(self.grid_shape)
 
         try:
-            levels = tuple(_as_int(i, "levels") for i in self.levels)
+            levels = tuple(as_int(i, "levels") for i in self.levels)
         except TypeError as e:
             raise ValueError(
                 f"levels: expected a sequence of level indices, got {self.levels!r}"
@@ -580,7 +553,7 @@ class Stations(Observation):
         """
         pos = torch.as_tensor(positions)
         sd = pos.shape[-1] if pos.ndim == 2 else None
-        truth = _check_truth(truth, sd)
+        truth = check_truth(truth, sd)
         proto = cls(
             values=torch.zeros(pos.shape[0], len(levels), dtype=truth.dtype, device=truth.device),
             positions=positions,
@@ -593,27 +566,13 @@ class Stations(Observation):
             time_index=time_index,
             mask=mask,
         )
-        values = _noise_like(proto.operator(truth), proto.noise_std, generator)
+        values = add_noise(proto.operator(truth), proto.noise_std, generator)
         return dataclasses.replace(proto, values=values)
 
     # -- geometry ------------------------------------------------------------------
 
     def _periodic_axes(self) -> tuple[bool, ...]:
-        sd = len(self.grid_shape)
-        p = self.periodic
-        if isinstance(p, bool):
-            return (False,) * (sd - 1) + (p,)
-        try:
-            axes = tuple(bool(a) for a in p)
-        except TypeError as e:
-            raise ValueError(
-                f"periodic: expected a bool or {sd} bools (one per spatial axis), got {p!r}"
-            ) from e
-        if len(axes) != sd:
-            raise ValueError(
-                f"periodic: expected a bool or {sd} bools (one per spatial axis), got {p!r}"
-            )
-        return axes
+        return station_periodic_axes(self.periodic, len(self.grid_shape))
 
     def _check_positions(self, grid_shape: tuple[int, ...], name: str) -> None:
         pos = self.positions
@@ -749,8 +708,8 @@ class Satellite(Observation):
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.grid_shape = _as_grid_shape(self.grid_shape)
-        self.footprint = _as_int(self.footprint, "footprint", minimum=1)
+        self.grid_shape = as_grid_shape(self.grid_shape)
+        self.footprint = as_int(self.footprint, "footprint", minimum=1)
         r = self.footprint
         if any(n % r for n in self.grid_shape):
             raise ValueError(
@@ -820,11 +779,11 @@ class Satellite(Observation):
         generator: torch.Generator | None = None,
     ) -> Satellite:
         """``y = A(truth) + σ_y ε``; ``truth`` is one state ``(levels, *space)``."""
-        truth = _check_truth(truth)
+        truth = check_truth(truth)
         grid = tuple(truth.shape[1:])
         w = torch.as_tensor(weights)
         channels = w.shape[0] if w.ndim >= 1 else 0
-        r = _as_int(footprint, "footprint", minimum=1)
+        r = as_int(footprint, "footprint", minimum=1)
         proto = cls(
             values=torch.zeros(
                 channels, *(n // r for n in grid), dtype=truth.dtype, device=truth.device
@@ -839,7 +798,7 @@ class Satellite(Observation):
             mask=mask,
         )
         proto.check_state(truth.shape[0], grid)
-        values = _noise_like(proto.operator(truth), proto.noise_std, generator)
+        values = add_noise(proto.operator(truth), proto.noise_std, generator)
         return dataclasses.replace(proto, values=values)
 
     def operator(self, state: Tensor) -> Tensor:
@@ -896,9 +855,9 @@ class Gridded(Observation):
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.grid_shape = _as_grid_shape(self.grid_shape)
-        self.coarsen = _as_int(self.coarsen, "coarsen", minimum=1)
-        self.subsample = _as_int(self.subsample, "subsample", minimum=1)
+        self.grid_shape = as_grid_shape(self.grid_shape)
+        self.coarsen = as_int(self.coarsen, "coarsen", minimum=1)
+        self.subsample = as_int(self.subsample, "subsample", minimum=1)
         if any(n % self.coarsen for n in self.grid_shape):
             raise ValueError(
                 f"coarsen: grid_shape {self.grid_shape} is not divisible by coarsen {self.coarsen}"
@@ -941,10 +900,10 @@ class Gridded(Observation):
         generator: torch.Generator | None = None,
     ) -> Gridded:
         """``y = A(truth) + σ_y ε``; ``truth`` is one state ``(levels, *space)``."""
-        truth = _check_truth(truth)
+        truth = check_truth(truth)
         grid = tuple(truth.shape[1:])
-        r = _as_int(coarsen, "coarsen", minimum=1)
-        g = _as_int(subsample, "subsample", minimum=1)
+        r = as_int(coarsen, "coarsen", minimum=1)
+        g = as_int(subsample, "subsample", minimum=1)
         sub = tuple(-(-(n // r) // g) for n in grid)
         proto = cls(
             values=torch.zeros(truth.shape[0], *sub, dtype=truth.dtype, device=truth.device),
@@ -956,7 +915,7 @@ class Gridded(Observation):
             time_index=time_index,
             mask=mask,
         )
-        values = _noise_like(proto.operator(truth), proto.noise_std, generator)
+        values = add_noise(proto.operator(truth), proto.noise_std, generator)
         return dataclasses.replace(proto, values=values)
 
     def operator(self, state: Tensor) -> Tensor:
@@ -1038,7 +997,7 @@ class Background(Observation):
         generator: torch.Generator | None = None,
     ) -> Background:
         """``x_b = truth + σ_b ε`` (white noise; real backgrounds are forecasts)."""
-        truth = _check_truth(truth)
+        truth = check_truth(truth)
         proto = cls(
             values=torch.zeros_like(truth),
             noise_std=noise_std,
@@ -1046,7 +1005,7 @@ class Background(Observation):
             time_index=time_index,
             mask=mask,
         )
-        values = _noise_like(truth, proto.noise_std, generator)
+        values = add_noise(truth, proto.noise_std, generator)
         return dataclasses.replace(proto, values=values)
 
     def operator(self, state: Tensor) -> Tensor:

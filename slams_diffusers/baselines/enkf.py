@@ -42,9 +42,9 @@ from torch import Tensor
 
 from ..linear_update import NOISE_VARIANCE_FLOOR
 from ..observations import Observation, check_observations
+from ..validation import periodic_axes
 from .localization import (
-    _check_radius,
-    _periodic_axes,
+    check_localization_radius,
     gaspari_cohn,
     grid_distance,
     grid_positions,
@@ -186,9 +186,9 @@ def _prepare(
     ensemble = _check_ensemble(ensemble)
     observations = _check_observations(observations)
     rho = _check_inflation(inflation)
-    radius = _check_radius(localization_radius)
+    radius = check_localization_radius(localization_radius)
     if observations:
-        _periodic_axes(periodic, observations[0].spatial_dims)
+        periodic_axes(periodic, observations[0].spatial_dims)
     states, grid = _columns(ensemble, observations, radius)
     return ensemble, observations, rho, radius, states.to(torch.float64), grid
 
@@ -229,7 +229,9 @@ def stochastic_enkf(
         inflation: ``ρ > 0``, the prior covariance is multiplied by ``ρ`` (1 = none).
         localization_radius: Gaspari–Cohn half-width ``c`` in grid cells (no influence beyond
             ``2c``); ``None`` = no localisation.
-        periodic: the grid wraps: a bool for every axis or one per axis (distances wrap).
+        periodic: the axes that wrap (distances wrap), as
+            :func:`~slams_diffusers.validation.periodic_axes`: a bool for every axis, axis names or
+            one bool per axis.
         generator: for the observation perturbations ``ε_m``.
 
     Returns:
@@ -306,7 +308,9 @@ def letkf(
         inflation: ``ρ > 0``, applied in ensemble space as ``(N − 1) I / ρ`` (the prior
             covariance times ``ρ``; with no observations the perturbations grow by ``√ρ``).
         localization_radius: Gaspari–Cohn half-width ``c`` in grid cells; ``None`` = ETKF.
-        periodic: the grid wraps: a bool for every axis or one per axis (distances wrap).
+        periodic: the axes that wrap (distances wrap), as
+            :func:`~slams_diffusers.validation.periodic_axes`: a bool for every axis, axis names or
+            one bool per axis.
 
     Returns:
         The analysis members, the shape and dtype of ``ensemble`` (computed in float64).

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.observing import _per_axis
 from ..observations import Background, Gridded, Observation, Satellite, Stations
+from ..validation import periodic_axes
 
 __all__ = ["gaspari_cohn", "grid_distance", "grid_positions", "observation_positions"]
 
@@ -69,11 +69,6 @@ def gaspari_cohn(distance: Tensor, radius: float) -> Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def _periodic_axes(periodic: Any, spatial_dims: int) -> tuple[bool, ...]:
-    """``periodic`` as one bool per axis (a bool wraps every axis)."""
-    return _per_axis(periodic, spatial_dims, "periodic")
-
-
 def grid_distance(
     a: Tensor, b: Tensor, grid_shape: Sequence[int], periodic: bool | Sequence[bool] = False
 ) -> Tensor:
@@ -81,10 +76,11 @@ def grid_distance(
     (fractional grid indices): ``(n, m)``. On a periodic axis of ``N`` cells the difference is
     ``min(|Δ|, N − |Δ|)``.
 
-    ``periodic``: a bool for every axis (``True`` = doubly periodic in 2-D), or one bool per axis.
+    ``periodic``: the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`: a bool for
+    every axis, axis names such as ``"xy"``, or one bool per axis).
     """
     grid = tuple(int(n) for n in grid_shape)
-    axes = _periodic_axes(periodic, len(grid))
+    axes = periodic_axes(periodic, len(grid))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != len(grid) or b.shape[1] != len(grid):
         raise ValueError(
             f"a, b: expected positions of shape (n, {len(grid)}) and (m, {len(grid)}), "
@@ -142,7 +138,7 @@ def observation_positions(observation: Observation) -> Tensor:
     )
 
 
-def _check_radius(radius: Any) -> float | None:
+def check_localization_radius(radius: Any) -> float | None:
     """``None`` or ``inf`` (no localisation) or a positive finite float."""
     if radius is None:
         return None

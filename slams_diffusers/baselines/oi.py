@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ..covariance import BackgroundCovariance
 from ..linear_update import NOISE_VARIANCE_FLOOR, linear_gaussian_update
-from ..observations import Observation, _as_int, check_observations
+from ..observations import Observation, check_observations
+from ..validation import as_int
 
 __all__ = ["NOISE_VARIANCE_FLOOR", "optimal_interpolation"]
 
@@ -64,7 +65,7 @@ def optimal_interpolation(
         )
     if not bool(torch.isfinite(background).all()):
         raise ValueError("background: contains NaN or inf; expected finite values")
-    iterations = _as_int(iterations, "iterations", minimum=0)
+    iterations = as_int(iterations, "iterations", minimum=0)
     if not (math.isfinite(float(tolerance)) and tolerance >= 0):
         raise ValueError(f"tolerance: expected a finite float >= 0, got {tolerance}")
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from ..data.qg import QGConfig, QGModel
-from ..observations import Observation, _as_int, check_observations
+from ..observations import Observation, check_observations
+from ..validation import as_int
 from .enkf import letkf, stochastic_enkf
 
 __all__ = ["case_generator", "cycle_ensemble", "forecast_ensemble", "qg_ensemble_filter"]
@@ -46,8 +47,8 @@ def forecast_ensemble(
     """The prior PV ensemble ``(members, layers, ny, nx)``: ``initial_pv`` ``(layers, ny, nx)`` plus
     ``members`` perturbations of :meth:`QGModel.perturb` (``perturbation_std`` K) with their mean
     removed, each forecast ``lead_steps`` model steps."""
-    members = _as_int(members, "members", minimum=2)
-    lead_steps = _as_int(lead_steps, "lead_steps", minimum=0)
+    members = as_int(members, "members", minimum=2)
+    lead_steps = as_int(lead_steps, "lead_steps", minimum=0)
     if not isinstance(initial_pv, Tensor) or tuple(initial_pv.shape) != model.shape:
         raise ValueError(
             f"initial_pv: expected a tensor of shape {model.shape} (layers, ny, nx), got "
@@ -99,8 +100,8 @@ def cycle_ensemble(
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    window = _as_int(window, "window", minimum=1)
-    interval_steps = _as_int(interval_steps, "interval_steps", minimum=1)
+    window = as_int(window, "window", minimum=1)
+    interval_steps = as_int(interval_steps, "interval_steps", minimum=1)
     if not isinstance(ensemble, Tensor) or ensemble.ndim != 4 or ensemble.shape[1:] != model.shape:
         raise ValueError(
             f"ensemble: expected PV members (N, {', '.join(map(str, model.shape))}), got "

@@ -1,5 +1,6 @@
 """Testbed and data layer: the QG simulator, observation simulators, xarray / datasets I/O.
 
 Submodules import heavy optional pieces (``datasets``, ``zarr``) only where used; import
-what you need from ``slams_diffusers.data.datasets``, ``.observing`` or ``.qg``.
+what you need from ``slams_diffusers.data.datasets`` (which gathers ``.stores``, ``.splits``,
+``.statistics``, ``.windows``, ``.writing`` and ``.hf``), ``.observing`` or ``.qg``.
 """

@@ -23,9 +23,10 @@ observation types on the truth's device, so a generator must live there.
 - :func:`random_observations`: the random mix of all of them used to train the
   observation encoders (DESIGN §6).
 
-Periodicity follows :class:`~slams_diffusers.observations.Stations` for stations (a
-bool wraps the x axis only; give one bool per axis, e.g. ``(True, True)``, for the
-doubly periodic testbed) and applies to every axis for :func:`cloud_mask` when a bool.
+``periodic`` names the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`:
+a bool for every axis, axis names such as ``"xy"``, or one bool per axis); the station
+simulators read a bool as :class:`~slams_diffusers.observations.Stations` does (the x axis
+only, its historical meaning), so name the axes, e.g. ``"xy"``, for the doubly periodic testbed.
 """
 
 from __future__ import annotations
@@ -37,17 +38,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from slams_diffusers.observations import (
+from ..observations import (
     Gridded,
     Observation,
     Satellite,
     Stations,
-    _as_grid_shape,
-    _as_int,
-    _check_truth,
     gaussian_weighting_functions,
     pressures_hpa,
+    station_periodic_axes,
 )
+from ..validation import as_grid_shape, as_int, check_truth, finite_float, periodic_axes
 
 __all__ = [
     "station_positions",
@@ -80,51 +80,12 @@ def _rand(generator: torch.Generator | None, device, *shape: int) -> Tensor:
     return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
 
 
-def _finite_float(x, name: str, minimum: float | None = None, maximum: float | None = None):
-    try:
-        v = float(x)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: expected a number, got {x!r}") from e
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {x!r}")
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name}: expected a number >= {minimum:g}, got {v:g}")
-    if maximum is not None and v > maximum:
-        raise ValueError(f"{name}: expected a number <= {maximum:g}, got {v:g}")
-    return v
-
-
 def _fraction(x, name: str) -> float:
-    return _finite_float(x, name, minimum=0.0, maximum=1.0)
-
-
-def _station_periodic_axes(periodic, spatial_dims: int) -> tuple[bool, ...]:
-    """``periodic`` as one bool per axis, :class:`Stations`' convention (bool = x only)."""
-    if isinstance(periodic, bool):
-        return (False,) * (spatial_dims - 1) + (periodic,)
-    return _per_axis(periodic, spatial_dims, "periodic")
-
-
-def _per_axis(periodic, spatial_dims: int, name: str) -> tuple[bool, ...]:
-    if isinstance(periodic, bool):
-        return (periodic,) * spatial_dims
-    try:
-        axes = tuple(bool(a) for a in periodic)
-    except TypeError as e:
-        raise ValueError(
-            f"{name}: expected a bool or {spatial_dims} bools (one per spatial axis), "
-            f"got {periodic!r}"
-        ) from e
-    if len(axes) != spatial_dims:
-        raise ValueError(
-            f"{name}: expected a bool or {spatial_dims} bools (one per spatial axis), "
-            f"got {periodic!r}"
-        )
-    return axes
+    return finite_float(x, name, minimum=0.0, maximum=1.0)
 
 
 def _truth(truth: Tensor) -> Tensor:
-    truth = _check_truth(truth)
+    truth = check_truth(truth)
     if not bool(torch.isfinite(truth).all()):
         raise ValueError("truth: contains NaN or inf; expected a complete, finite state")
     return truth
@@ -135,8 +96,8 @@ def _range(r, name: str, minimum: float | None = None, positive: bool = False):
         lo, hi = r
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: expected a (low, high) pair, got {r!r}") from e
-    lo = _finite_float(lo, name, minimum=minimum)
-    hi = _finite_float(hi, name, minimum=minimum)
+    lo = finite_float(lo, name, minimum=minimum)
+    hi = finite_float(hi, name, minimum=minimum)
     if lo > hi:
         raise ValueError(f"{name}: expected low <= high, got ({lo:g}, {hi:g})")
     if positive and lo <= 0:
@@ -149,7 +110,7 @@ def _int_range(r, name: str, minimum: int):
         lo, hi = r
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: expected a (low, high) pair of ints, got {r!r}") from e
-    lo, hi = _as_int(lo, name, minimum), _as_int(hi, name, minimum)
+    lo, hi = as_int(lo, name, minimum), as_int(hi, name, minimum)
     if lo > hi:
         raise ValueError(f"{name}: expected low <= high, got ({lo}, {hi})")
     return lo, hi
@@ -157,7 +118,7 @@ def _int_range(r, name: str, minimum: int):
 
 def _choices(c, name: str) -> tuple[int, ...]:
     try:
-        out = tuple(_as_int(v, name, minimum=1) for v in c)
+        out = tuple(as_int(v, name, minimum=1) for v in c)
     except TypeError as e:
         raise ValueError(
             f"{name}: expected a non-empty sequence of positive ints, got {c!r}"
@@ -232,10 +193,10 @@ def station_positions(
     Returns:
         ``(n, spatial_dims)`` float64 positions, ``(y, x)`` or ``(x,)`` per station.
     """
-    shape = _as_grid_shape(grid_shape)
-    n = _as_int(n, "n", minimum=1)
+    shape = as_grid_shape(grid_shape)
+    n = as_int(n, "n", minimum=1)
     sd = len(shape)
-    per = _station_periodic_axes(periodic, sd)
+    per = station_periodic_axes(periodic, sd)
     if layout not in ("uniform", "clustered"):
         raise ValueError(f"layout: expected 'uniform' or 'clustered', got {layout!r}")
     dev = _draw_device(generator, device)
@@ -246,10 +207,10 @@ def station_positions(
     if layout == "uniform":
         pos = _rand(generator, dev, n, sd) * extent
     else:
-        clusters = _as_int(clusters, "clusters", minimum=1)
+        clusters = as_int(clusters, "clusters", minimum=1)
         if spread is None:
             spread = max(1.0, min(shape) / 16)
-        spread = _finite_float(spread, "spread", minimum=0.0)
+        spread = finite_float(spread, "spread", minimum=0.0)
         if spread <= 0:
             raise ValueError(f"spread: expected a positive number of cells, got {spread:g}")
         centres = _rand(generator, dev, clusters, sd) * extent
@@ -334,7 +295,7 @@ def station_network(
             raise ValueError(
                 f"positions: expected shape (n_stations, spatial_dims), got {tuple(pos.shape)}"
             )
-        if n is not None and _as_int(n, "n", minimum=1) != pos.shape[0]:
+        if n is not None and as_int(n, "n", minimum=1) != pos.shape[0]:
             raise ValueError(
                 f"n: {n} stations requested but positions holds {pos.shape[0]}; "
                 f"give n=None with positions"
@@ -432,10 +393,10 @@ def cloud_mask(
     Returns:
         bool ``shape``, ``True`` = cloudy (not observed).
     """
-    shape = _as_grid_shape(shape, "shape")
+    shape = as_grid_shape(shape, "shape")
     f = _fraction(cloud_fraction, "cloud_fraction")
-    L = _finite_float(correlation_length, "correlation_length", minimum=0.0)
-    per = _per_axis(periodic, len(shape), "periodic")
+    L = finite_float(correlation_length, "correlation_length", minimum=0.0)
+    per = periodic_axes(periodic, len(shape))
     dev = _draw_device(generator, device)
     padded = tuple(n if p else n + math.ceil(4 * L) for n, p in zip(shape, per, strict=True))
     field = torch.randn(padded, generator=generator, dtype=torch.float64, device=dev)
@@ -510,12 +471,12 @@ def satellite_channels(
             f"got {mp.numel()}"
         )
     weights = gaussian_weighting_functions(mp, peak_pressures, width)
-    r = _as_int(footprint, "footprint", minimum=1)
+    r = as_int(footprint, "footprint", minimum=1)
     grid = tuple(truth.shape[1:])
     if any(n % r for n in grid):
         raise ValueError(f"footprint: the truth's grid {grid} is not divisible by footprint {r}")
     f = _fraction(cloud_fraction, "cloud_fraction")
-    L = _finite_float(correlation_length, "correlation_length", minimum=0.0)
+    L = finite_float(correlation_length, "correlation_length", minimum=0.0)
     clouds = None
     if f > 0:
         coarse = tuple(n // r for n in grid)
@@ -568,8 +529,8 @@ def degraded_field(
         :class:`Gridded` with ``values`` ``(levels, *ceil(space / r / g))``.
     """
     truth = _truth(truth)
-    r = _as_int(coarsen, "coarsen", minimum=1)
-    g = _as_int(sparsity, "sparsity", minimum=1)
+    r = as_int(coarsen, "coarsen", minimum=1)
+    g = as_int(sparsity, "sparsity", minimum=1)
     grid = tuple(truth.shape[1:])
     if any(n % r for n in grid):
         raise ValueError(f"coarsen: the truth's grid {grid} is not divisible by coarsen {r}")
@@ -681,7 +642,7 @@ def random_observations(
             f"modalities: expected distinct names among {MODALITIES}, got {tuple(modalities)}"
         )
     keep_p = _fraction(keep_probability, "keep_probability")
-    min_mod = _as_int(min_modalities, "min_modalities", minimum=0)
+    min_mod = as_int(min_modalities, "min_modalities", minimum=0)
     if min_mod > len(mods):
         raise ValueError(
             f"min_modalities: expected at most len(modalities) = {len(mods)}, got {min_mod}"
@@ -718,7 +679,7 @@ def random_observations(
     coarsens = _choices(gridded_coarsen, "gridded_coarsen")
     sparsities = _choices(gridded_sparsity, "gridded_sparsity")
     gr_noise = _range(gridded_noise, "gridded_noise", minimum=0.0, positive=True)
-    st_periodic = _station_periodic_axes(periodic, sd)
+    st_periodic = station_periodic_axes(periodic, sd)
 
     # which modalities
     keep = (_rand(generator, dev, len(mods)) < keep_p).tolist()

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..covariance import SpectralCovariance, estimate_background_covariance
 from ..observations import Observation
+from ..validation import periodic_axes
 from .observing import satellite_channels, station_network
 from .qg import QGConfig, QGModel
 
@@ -67,7 +68,7 @@ def default_observations(
     footprint: int = 4,
     satellite_noise: float = 1.0,
     cloud_fraction: float = 0.3,
-    periodic: bool = True,
+    periodic: bool | str | Sequence[bool] = True,
 ) -> list[Observation]:
     """The testbed's default multimodal observing system, at every step of ``truth``
     ``(T, levels, *space)``:
@@ -79,10 +80,12 @@ def default_observations(
       ``footprint``-cell footprints, ``satellite_noise`` K, ``cloud_fraction`` cloud cover
       (new clouds every step, correlation length 8 cells).
 
-    ``periodic``: stations and clouds wrap on every axis (the doubly periodic testbed).
+    ``periodic``: the axes where stations and clouds wrap
+    (:func:`~slams_diffusers.validation.periodic_axes`; ``True``: every axis, the doubly periodic
+    testbed).
     """
     spatial_dims = truth.ndim - 2
-    wrap = (periodic,) * spatial_dims
+    wrap = periodic_axes(periodic, spatial_dims)
     first = station_network(truth[0], stations, layout=layout, periodic=wrap, generator=generator)
     out: list[Observation] = []
     for t in range(truth.shape[0]):
@@ -106,7 +109,7 @@ def default_observations(
                 footprint,
                 satellite_noise,
                 cloud_fraction=cloud_fraction,
-                periodic=periodic,
+                periodic=wrap,
                 time_index=t,
                 generator=generator,
             )

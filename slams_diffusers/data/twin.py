@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..observations import Observation, Stations, _as_int, _noise_like
+from ..observations import Observation, Stations, add_noise
+from ..validation import as_int
 
 __all__ = ["LinearObservation", "observations_from_array"]
 
@@ -50,7 +51,7 @@ def _tensor(x: Any) -> Tensor:
 
 def _state_shape(state_shape: Any) -> tuple[int, ...]:
     try:
-        shape = tuple(_as_int(n, "state_shape", minimum=1) for n in state_shape)
+        shape = tuple(as_int(n, "state_shape", minimum=1) for n in state_shape)
     except TypeError as e:
         raise ValueError(
             f"state_shape: expected (levels, x) or (levels, y, x), got {state_shape!r}"
@@ -130,7 +131,7 @@ class LinearObservation(Observation):
             time_index=time_index,
             mask=mask,
         )
-        values = _noise_like(proto.operator(truth), proto.noise_std, generator)
+        values = add_noise(proto.operator(truth), proto.noise_std, generator)
         return dataclasses.replace(proto, values=values)
 
     def operator(self, state: Tensor) -> Tensor:
@@ -244,7 +245,7 @@ def observations_from_array(
     if array.ndim != 2:
         raise ValueError(f"values: expected shape (time, n), got {tuple(array.shape)}")
     n = array.shape[1]
-    offset = _as_int(time_offset, "time_offset", minimum=0)
+    offset = as_int(time_offset, "time_offset", minimum=0)
     matrix = _tensor(operator)
     if matrix.ndim == 1:  # an index list
         if matrix.is_floating_point() or matrix.dtype == torch.bool:

@@ -16,7 +16,7 @@ import xarray as xr
 from torch import Tensor
 
 from ..analysis import ANALYSES
-from ..data.datasets import CELSIUS_UNITS
+from ..data.stores import CELSIUS_UNITS
 from ..guidance import canonical_covariance
 from ..observations import Background, Observation, check_observations
 from .outputs import OUTPUT_TYPES

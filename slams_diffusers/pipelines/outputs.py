@@ -14,7 +14,7 @@ import xarray as xr
 from diffusers.utils import BaseOutput, logging
 from torch import Tensor
 
-from ..data.datasets import to_xarray
+from ..data.writing import to_xarray
 
 __all__ = [
     "DEFAULT_ATTRS",

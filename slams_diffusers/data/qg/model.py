@@ -93,24 +93,13 @@ cells wide), temperature standard deviations 4.4, 3.4, 2.5, 1.9, 1.8 K (850 …
 200 hPa), decorrelation (e-folding) times 1.8–6.8 days; 128 × 128 (same domain,
 ``dt`` halved automatically) gives the same statistics.
 
-Datasets
---------
-:func:`simulate_dataset` runs trajectories, discards a spin-up and keeps
-snapshots every ``interval`` steps as an :class:`xarray.Dataset` with
-``t(trajectory, time, level, y, x)`` in K (CF attributes), a ``split``
-coordinate on ``trajectory`` and, because the barotropic mode cannot be
-recovered from temperatures, the PV ``q(trajectory, time, layer, y, x)`` from
-which forecasts restart (:meth:`QGModel.forecast_background`,
-:func:`background_observation`). :func:`write_dataset` writes zarr (``*.zarr``)
-or netCDF.
+Datasets of trajectories are made by :mod:`slams_diffusers.data.qg.dataset`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time as _time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -120,7 +109,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from ..observations import Background
+    from ...observations import Background
 
 __all__ = [
     "QGConfig",
@@ -128,12 +117,11 @@ __all__ = [
     "QGState",
     "standard_atmosphere",
     "background_observation",
-    "simulate_dataset",
-    "write_dataset",
-    "add_simulate_arguments",
-    "simulate_main",
-    "split_counts",
+    "progress_bar",
+    "DAY",
+    "DEFAULT_LEVELS",
 ]
+
 
 GRAVITY = 9.80665  # m s-2
 R_DRY = 287.053  # J kg-1 K-1
@@ -503,7 +491,7 @@ class QGModel:
     ) -> Iterator[Tensor]:
         """Grid PV after ``every``, ``2·every``, … ≤ ``n_steps`` steps (one AB3 run)."""
         state = self.init(q)
-        bar = _progress(n_steps, progress, "qg")
+        bar = progress_bar(n_steps, progress, "qg")
         for i in range(1, n_steps + 1):
             state = self.step(state)
             bar.update(1)
@@ -515,7 +503,7 @@ class QGModel:
         """Grid PV after ``n_steps`` steps from ``q`` (a fresh AB3 start, as pyqg)."""
         self._check(q)
         state = self.init(q)
-        bar = _progress(n_steps, progress, "qg")
+        bar = progress_bar(n_steps, progress, "qg")
         for _ in range(n_steps):
             state = self.step(state)
             bar.update(1)
@@ -673,7 +661,8 @@ def _vertical_modes(config: QGConfig) -> tuple[Tensor, Tensor, Tensor]:
     return torch.tensor(P), torch.tensor(lam), torch.tensor(Pinv)
 
 
-def _progress(total: int, enabled: bool, desc: str, unit: str = "step"):
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "step"):
+    """A tqdm bar over ``total`` items, shown only when ``enabled``."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, mininterval=1.0)
@@ -709,7 +698,7 @@ def background_observation(
         generator: for the perturbations (the background uses the first draw).
         time_index, modality: passed to :class:`Background`.
     """
-    from ..observations import Background
+    from ...observations import Background
 
     model._check(q_past)
     if q_past.ndim != 3:
@@ -725,300 +714,3 @@ def background_observation(
     values, members, reference = forecasts[0], forecasts[1:-1], forecasts[-1]
     sigma = (members - reference).pow(2).mean(dim=(0, -2, -1)).sqrt()[:, None, None]
     return Background(values=values, noise_std=sigma, time_index=time_index, modality=modality)
-
-
-# --------------------------------------------------------------------------- datasets
-
-SPINUP_DAYS = 100.0
-INTERVAL_HOURS = 6.0
-DEFAULT_TRAJECTORIES = 32
-DEFAULT_STEPS = 128
-
-
-def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """Trajectories per split: largest remainder, and at least one for every nonzero
-    fraction when ``n`` allows it."""
-    f = np.asarray(fractions, dtype=np.float64)
-    if f.ndim != 1 or np.any(f < 0) or f.sum() <= 0:
-        raise ValueError(f"splits: expected non-negative fractions, got {fractions}")
-    f = f / f.sum()
-    counts = np.floor(f * n).astype(int)
-    for i in np.argsort(-(f * n - counts), kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    nonzero = np.flatnonzero(f > 0)
-    if n >= len(nonzero):
-        for i in nonzero:
-            if counts[i] == 0:
-                counts[i] = 1
-                counts[np.argmax(counts)] -= 1
-    return counts.tolist()
-
-
-def _trajectory_generator(seed: int, index: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def simulate_dataset(
-    trajectories: int = DEFAULT_TRAJECTORIES,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    *,
-    config: QGConfig | None = None,
-    spinup: int | None = None,
-    interval: int | None = None,
-    splits: Sequence[float] = (0.8, 0.1, 0.1),
-    store_pv: str = "eval",
-    batch_size: int = 64,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-):
-    """Simulate ``trajectories`` independent QG runs as an :class:`xarray.Dataset`.
-
-    Each trajectory starts from its own random state (seeded by ``(seed, index)``:
-    the result does not depend on ``batch_size``), runs ``spinup`` steps that are
-    discarded, then keeps ``steps`` snapshots ``interval`` model steps apart (the
-    first at the end of the spin-up).
-
-    Args:
-        trajectories: number of independent runs.
-        steps: snapshots kept per trajectory (the ``time`` length).
-        seed: base seed.
-        config: model parameters (default :class:`QGConfig`).
-        spinup: discarded steps (default: 100 days).
-        interval: model steps between snapshots (default: 6 hours).
-        splits: fractions of trajectories for ``("train", "val", "test")``, in order.
-        store_pv: which trajectories keep the PV ``q`` (needed to restart forecasts,
-            :func:`background_observation`): ``"all"``, ``"eval"`` (val + test, NaN
-            elsewhere; NaN chunks are not stored in zarr) or ``"none"``.
-        batch_size: trajectories integrated together.
-        device, dtype: where and how to integrate (float32 is stored).
-        progress: show a progress bar (tqdm).
-
-    Returns:
-        ``t(trajectory, time, level, y, x)`` in K with CF attributes and, unless
-        ``store_pv="none"``, ``q(trajectory, time, layer, y, x)`` in s⁻¹;
-        coordinates ``trajectory``, ``split(trajectory)``, ``time`` (days since the end
-        of spin-up), ``level`` (hPa), ``layer`` (0 = top), ``y``, ``x`` (m); the model
-        parameters in the ``qg_config`` attribute (JSON).
-    """
-    import xarray as xr
-
-    if store_pv not in ("all", "eval", "none"):
-        raise ValueError(f"store_pv: expected 'all', 'eval' or 'none', got {store_pv!r}")
-    if trajectories < 1 or steps < 1:
-        raise ValueError(f"trajectories and steps must be >= 1, got {trajectories}, {steps}")
-    config = config if config is not None else QGConfig()
-    model = QGModel(config, device=device, dtype=dtype)
-    spinup = round(SPINUP_DAYS * DAY / config.dt) if spinup is None else int(spinup)
-    interval = round(INTERVAL_HOURS * 3600 / config.dt) if interval is None else int(interval)
-    if spinup < 0 or interval < 1:
-        raise ValueError(f"spinup must be >= 0 and interval >= 1, got {spinup}, {interval}")
-    counts = split_counts(trajectories, splits)
-    names = ["train", "val", "test", *[f"split{i}" for i in range(3, len(counts))]]
-    split = np.repeat(np.array(names[: len(counts)]), counts)
-    keep_pv = {"all": np.ones(trajectories, bool), "none": np.zeros(trajectories, bool)}.get(
-        store_pv, split != "train"
-    )
-    n, ny, nx = model.shape
-    levels = n - 1
-    t = np.empty((trajectories, steps, levels, ny, nx), dtype=np.float32)
-    kept = {i: np.empty((steps, n, ny, nx), dtype=np.float32) for i in np.flatnonzero(keep_pv)}
-    n_steps = spinup + (steps - 1) * interval
-    bar = _progress(trajectories * n_steps, progress, "simulate qg", unit="member-step")
-    start = _time.perf_counter()
-    for first in range(0, trajectories, batch_size):
-        index = range(first, min(first + batch_size, trajectories))
-        q0 = torch.cat([model.initial_state(1, _trajectory_generator(seed, i)) for i in index])
-        for j, q in enumerate(_snapshots(model, q0, spinup, interval, steps, bar)):
-            t[index.start : index.stop, j] = model.temperature(q).float().cpu().numpy()
-            for i in index:
-                if i in kept:
-                    kept[i][j] = q[i - first].float().cpu().numpy()
-    bar.close()
-    seconds = _time.perf_counter() - start
-
-    dx, dy = config.L / nx, config.W / ny
-    coords = {
-        "trajectory": (
-            "trajectory",
-            np.arange(trajectories, dtype=np.int32),
-            {"long_name": "trajectory (independent model run)"},
-        ),
-        "split": ("trajectory", split.astype(str).astype(object), {"long_name": "dataset split"}),
-        "time": (
-            "time",
-            np.arange(steps) * interval * config.dt / DAY,
-            {"long_name": "model time since the end of the spin-up", "units": "day"},
-        ),
-        "level": (
-            "level",
-            np.asarray(config.pressure_levels, dtype=np.float32),
-            {
-                "units": "hPa",
-                "long_name": "pressure",
-                "standard_name": "air_pressure",
-                "positive": "down",
-                "axis": "Z",
-            },
-        ),
-        "y": (
-            "y",
-            ((np.arange(ny) + 0.5) * dy).astype(np.float32),
-            {
-                "units": "m",
-                "long_name": "y distance (south to north)",
-                "standard_name": "projection_y_coordinate",
-                "axis": "Y",
-            },
-        ),
-        "x": (
-            "x",
-            ((np.arange(nx) + 0.5) * dx).astype(np.float32),
-            {
-                "units": "m",
-                "long_name": "x distance (west to east)",
-                "standard_name": "projection_x_coordinate",
-                "axis": "X",
-            },
-        ),
-    }
-    data_vars = {
-        "t": (
-            ("trajectory", "time", "level", "y", "x"),
-            t,
-            {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"},
-        ),
-    }
-    if store_pv != "none":
-        q_out = _stack_pv(kept, trajectories, (steps, n, ny, nx))
-        coords["layer"] = (
-            "layer",
-            np.arange(n, dtype=np.int32),
-            {"long_name": "model layer, 0 = top (rigid lid) to n-1 = bottom"},
-        )
-        data_vars["q"] = (
-            ("trajectory", "time", "layer", "y", "x"),
-            q_out,
-            {
-                "units": "s-1",
-                "long_name": "quasi-geostrophic potential vorticity anomaly",
-                "comment": "restart state of QGModel; NaN where not stored",
-            },
-        )
-    attrs = {
-        "title": "Multi-layer quasi-geostrophic atmosphere (slams_diffusers.data.qg)",
-        "Conventions": "CF-1.8",
-        "source": "slams_diffusers.data.qg.simulate_dataset",
-        "history": f"{_time.strftime('%Y-%m-%dT%H:%M:%S')} simulated in {seconds:.1f} s",
-        "comment": "Temperature = ISA mean at each level + thermal-wind anomaly "
-        "f0 T0 (psi_above - psi_below) / (g dz). Doubly periodic domain.",
-        "qg_config": json.dumps(config.to_dict()),
-        "seed": int(seed),
-        "spinup_steps": int(spinup),
-        "interval_steps": int(interval),
-        "dt_seconds": float(config.dt),
-        "store_pv": store_pv,
-    }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
-
-
-def _stack_pv(kept: dict[int, np.ndarray], trajectories: int, shape: tuple[int, ...]):
-    """``(trajectories, *shape)`` PV, NaN for trajectories not kept: a numpy array when all
-    are kept, else a dask array whose NaN blocks take no memory (one chunk per trajectory)."""
-    if len(kept) == trajectories:
-        return np.stack([kept[i] for i in range(trajectories)])
-    import dask.array as da
-
-    blocks = [
-        da.from_array(kept[i], chunks=shape)
-        if i in kept
-        else da.full(shape, np.nan, dtype=np.float32, chunks=shape)
-        for i in range(trajectories)
-    ]
-    return da.stack(blocks)
-
-
-def _snapshots(
-    model: QGModel, q0: Tensor, spinup: int, interval: int, steps: int, bar
-) -> Iterator[Tensor]:
-    """PV after ``spinup``, ``spinup + interval``, … steps (``steps`` snapshots, one AB3 run)."""
-    if spinup == 0:
-        yield model.to_grid(model.to_spectral(q0))
-    state = model.init(q0)
-    total = spinup + (steps - 1) * interval
-    for i in range(1, total + 1):
-        state = model.step(state)
-        bar.update(state.qh.shape[0])
-        if i >= spinup and (i - spinup) % interval == 0 and i > 0:
-            yield model.to_grid(state.qh)
-
-
-def write_dataset(ds, path: str) -> str:
-    """Write ``ds`` to zarr (``path`` ending in ``.zarr``) or netCDF (otherwise). Returns path.
-
-    zarr chunks are one trajectory × up to 32 times × the full field.
-    """
-    path = str(path)
-    if path.rstrip("/").endswith(".zarr"):
-        encoding = {
-            name: {"chunks": (1, min(var.sizes["time"], 32), *var.shape[2:])}
-            for name, var in ds.data_vars.items()
-            if var.dims[:2] == ("trajectory", "time")
-        }
-        ds.to_zarr(path, mode="w", encoding=encoding, zarr_format=2, consolidated=True)
-    else:
-        ds.to_netcdf(path)
-    return path
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_simulate_arguments(parser) -> None:
-    """Options of ``slams simulate qg`` (see :func:`simulate_dataset`)."""
-    parser.add_argument("--out", required=True, help="output path: *.zarr or netCDF (*.nc)")
-    parser.add_argument("--trajectories", type=int, default=DEFAULT_TRAJECTORIES)
-    parser.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help="snapshots kept per trajectory"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spinup-days", type=float, default=SPINUP_DAYS)
-    parser.add_argument(
-        "--interval-hours", type=float, default=INTERVAL_HOURS, help="time between snapshots"
-    )
-    parser.add_argument("--nx", type=int, default=64, help="grid size (nx = ny)")
-    parser.add_argument("--store-pv", choices=["all", "eval", "none"], default="eval")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--float64", action="store_true", help="integrate in float64")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def simulate_main(args) -> int:
-    """Run ``slams simulate qg`` from parsed :func:`add_simulate_arguments` options."""
-    config = QGConfig(nx=args.nx)
-    start = _time.perf_counter()
-    ds = simulate_dataset(
-        args.trajectories,
-        args.steps,
-        args.seed,
-        config=config,
-        spinup=round(args.spinup_days * DAY / config.dt),
-        interval=max(1, round(args.interval_hours * 3600 / config.dt)),
-        store_pv=args.store_pv,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=torch.float64 if args.float64 else torch.float32,
-        progress=not args.no_progress,
-    )
-    write_dataset(ds, args.out)
-    summary = {
-        "out": args.out,
-        "dims": dict(ds.sizes),
-        "splits": {s: int((ds.split == s).sum()) for s in np.unique(ds.split.values)},
-        "seconds": round(_time.perf_counter() - start, 1),
-    }
-    print(json.dumps(summary))
-    return 0
