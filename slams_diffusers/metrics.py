@@ -1,5 +1,5 @@
-r"""Scores of analyses against the truth (DESIGN §2 notation: members ``x^{(i)}``, ``i = 1..N``,
-ensemble mean ``x̄``, truth ``x``).
+r"""Scores of analyses against the truth (members ``x^{(i)}``, ``i = 1..N``, ensemble mean
+``x̄``, truth ``x``).
 
 Conventions shared by every score:
 

@@ -2,7 +2,7 @@
 axes that wrap.
 
 Each check returns the value in its canonical form or raises a ``ValueError`` that names the
-argument and the expected form (DESIGN: bad input fails before any compute).
+argument and the expected form, so that bad input fails before any compute.
 """
 
 from __future__ import annotations

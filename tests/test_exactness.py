@@ -1,4 +1,4 @@
-"""The sampler against exact linear-Gaussian posteriors (DESIGN §8)."""
+"""The sampler against exact linear-Gaussian posteriors (docs/method.md §Moment matching)."""
 
 import pytest
 

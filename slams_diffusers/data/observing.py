@@ -21,7 +21,7 @@ observation types on the truth's device, so a generator must live there.
 - :func:`degraded_field`: the SLAMS paper's degradations (coarsen ``r``, noise ``σ``,
   sparsity ``g``);
 - :func:`random_observations`: the random mix of all of them used to train the
-  observation encoders (DESIGN §6).
+  observation encoders.
 
 ``periodic`` names the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`:
 a bool for every axis, axis names such as ``"xy"``, or one bool per axis); the station

@@ -1,6 +1,6 @@
 """Variance-preserving predictor-corrector scheduler (continuous time).
 
-Notation (DESIGN §2): ``z_t = alpha_t z + sigma_t ε`` for ``t ∈ [0, 1]``;
+Notation (docs/method.md §Noise schedule): ``z_t = alpha_t z + sigma_t ε`` for ``t ∈ [0, 1]``;
 Tweedie denoiser ``ẑ = (z_t − sigma_t ε) / alpha_t``; score ``s = −ε / sigma_t``.
 
 - Predictor (:meth:`VPPredictorCorrectorScheduler.step`): exponential integrator

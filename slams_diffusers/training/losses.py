@@ -1,5 +1,5 @@
 """The training losses: autoencoder reconstruction, the observation encoders' Gaussian NLL on
-randomly degraded observations (DESIGN §6), and the score net's ε loss (docs/method.md)."""
+randomly degraded observations, and the score net's ε loss (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ def denoising_loss(score_model: nn.Module, scheduler: Any, clean: Tensor, genera
               \epsilon, t) - \epsilon \rVert^2,\quad t \sim \mathcal{U}(0, 1),\ \epsilon \sim
               \mathcal{N}(0, I),
 
-    ``alpha_t, sigma_t`` from ``scheduler.alpha_sigma`` (DESIGN §2). ``t`` and ``ε`` are drawn on
-    the CPU from ``generator`` (same draws on every device).
+    ``alpha_t, sigma_t`` from ``scheduler.alpha_sigma`` (docs/method.md §Noise schedule). ``t``
+    and ``ε`` are drawn on the CPU from ``generator`` (same draws on every device).
     """
     b = clean.shape[0]
     t = torch.rand(b, generator=generator, dtype=torch.float32).to(clean.device)

@@ -1,4 +1,4 @@
-"""The quasi-geostrophic testbed (DESIGN §7): the simulator and the datasets made with it.
+"""The quasi-geostrophic testbed: the simulator and the datasets made with it.
 
 - :mod:`.model`: the multi-layer QG atmosphere on a doubly periodic β-plane (:class:`QGModel`,
   :class:`QGConfig`), its temperatures on pressure levels, and forecast backgrounds
