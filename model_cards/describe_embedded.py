@@ -11,6 +11,29 @@ from pathlib import Path
 from slams_diffusers.hub import pipeline_card
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The comparison both cards end with.
+SIDE_BY_SIDE = (
+    "Side by side (benchmarks/results/skill_full.md: 6 held-out test windows, default "
+    "multimodal case; B spectral from validation; EnKF/LETKF N = 32 tuned on validation; "
+    "diffusion methods 16 members x 16 steps; python benchmarks/skill.py --windows 6 "
+    "--members 16 --steps 16 --sda extremes, 61 min on a 2-core CPU): RMSE / CRPS [K] — "
+    "background 1.339 / 0.991, OI/3D-Var 1.091 / 0.799, EnKF 1.037 / 0.528, LETKF 1.009 /"
+    " 0.507, SDA (sda-qg-tiny, pixel space, same training budget) 0.691 / 0.399, SLAMS "
+    "(slams-qg-tiny) 0.797 / 0.445, SLAMS with stations decoded and the satellite latent "
+    "0.702 / 0.383. SLAMS beats the background at every level, OI/3D-Var and both "
+    "ensemble filters in the default case and in sparse, coarse or noisy settings (14-31 "
+    "% below LETKF in RMSE), at a seventh of SDA's cost; pixel-space SDA is more accurate"
+    " (SLAMS 1.07-1.19x its RMSE at the sweeps' harshest points and in the default case, "
+    "1.58x with 2 x 2 block means), and with dense accurate observations (r <= 4 or >= 6 "
+    "% of the grid at 0.25 climatological std) SLAMS is 1.18-1.47x worse than LETKF. "
+    "Uninflated, both diffusion pipelines are under-dispersed (spread-skill 0.48-0.63; "
+    "the tuned filters 0.93-1.07): the window's errors, correlated in time, are counted "
+    "as independent. Each pipeline carries a spread inflation fitted on validation "
+    "windows (spread_inflation in model_index.json, training/fit_spread_inflation.py; "
+    "docs/method.md, Spread inflation): on 3 fresh test windows with two networks slams-"
+    "qg-tiny's spread-skill goes from 0.63-0.68 to 0.98-1.05 at the same RMSE "
+    "(benchmarks/results/spread_inflation.md). The evaluation below includes it."
+)
 DESCRIPTIONS = {
     "slams-qg-tiny": (
         "Tiny SLAMS pipeline for the QG testbed, shipped with slams-diffusers so that it "
@@ -29,27 +52,7 @@ DESCRIPTIONS = {
         "\n"
         "(36 min on 1 thread while the SDA twin trained beside it, then 11 min on 2 threads; "
         "the per-run records below).\n"
-        "\n"
-        "Side by side (benchmarks/results/skill_full.md: 6 held-out test windows, default "
-        "multimodal case; B spectral from validation; EnKF/LETKF N = 32 tuned on validation; "
-        "diffusion methods 16 members x 16 steps; python benchmarks/skill.py --windows 6 "
-        "--members 16 --steps 16 --sda extremes, 61 min on a 2-core CPU): RMSE / CRPS [K] — "
-        "background 1.339 / 0.991, OI/3D-Var 1.091 / 0.799, EnKF 1.037 / 0.528, LETKF 1.009 /"
-        " 0.507, SDA (sda-qg-tiny, pixel space, same training budget) 0.691 / 0.399, SLAMS "
-        "(slams-qg-tiny) 0.797 / 0.445, SLAMS with stations decoded and the satellite latent "
-        "0.702 / 0.383. SLAMS beats the background at every level, OI/3D-Var and both "
-        "ensemble filters in the default case and in sparse, coarse or noisy settings (14-31 "
-        "% below LETKF in RMSE), at a seventh of SDA's cost; pixel-space SDA is more accurate"
-        " (SLAMS 1.07-1.19x its RMSE at the sweeps' harshest points and in the default case, "
-        "1.58x with 2 x 2 block means), and with dense accurate observations (r <= 4 or >= 6 "
-        "% of the grid at 0.25 climatological std) SLAMS is 1.18-1.47x worse than LETKF. "
-        "Uninflated, both diffusion pipelines are under-dispersed (spread-skill 0.48-0.63; "
-        "the tuned filters 0.93-1.07): the window's errors, correlated in time, are counted "
-        "as independent. Each pipeline carries a spread inflation fitted on validation "
-        "windows (spread_inflation in model_index.json, training/fit_spread_inflation.py; "
-        "docs/method.md, Spread inflation): on 3 fresh test windows with two networks slams-"
-        "qg-tiny's spread-skill goes from 0.63-0.68 to 0.98-1.05 at the same RMSE "
-        "(benchmarks/results/spread_inflation.md). The evaluation below includes it."
+        "\n" + SIDE_BY_SIDE
     ),
     "sda-qg-tiny": (
         "Pixel-space twin of slams-qg-tiny (the SDA baseline): the same score-net options on "
@@ -68,27 +71,7 @@ DESCRIPTIONS = {
         "Evaluated like slams-qg-tiny (spectral background-error covariance from validation "
         "cases, nothing tuned); see benchmarks/results/skill.md for the side-by-side "
         "comparison.\n"
-        "\n"
-        "Side by side (benchmarks/results/skill_full.md: 6 held-out test windows, default "
-        "multimodal case; B spectral from validation; EnKF/LETKF N = 32 tuned on validation; "
-        "diffusion methods 16 members x 16 steps; python benchmarks/skill.py --windows 6 "
-        "--members 16 --steps 16 --sda extremes, 61 min on a 2-core CPU): RMSE / CRPS [K] — "
-        "background 1.339 / 0.991, OI/3D-Var 1.091 / 0.799, EnKF 1.037 / 0.528, LETKF 1.009 /"
-        " 0.507, SDA (sda-qg-tiny, pixel space, same training budget) 0.691 / 0.399, SLAMS "
-        "(slams-qg-tiny) 0.797 / 0.445, SLAMS with stations decoded and the satellite latent "
-        "0.702 / 0.383. SLAMS beats the background at every level, OI/3D-Var and both "
-        "ensemble filters in the default case and in sparse, coarse or noisy settings (14-31 "
-        "% below LETKF in RMSE), at a seventh of SDA's cost; pixel-space SDA is more accurate"
-        " (SLAMS 1.07-1.19x its RMSE at the sweeps' harshest points and in the default case, "
-        "1.58x with 2 x 2 block means), and with dense accurate observations (r <= 4 or >= 6 "
-        "% of the grid at 0.25 climatological std) SLAMS is 1.18-1.47x worse than LETKF. "
-        "Uninflated, both diffusion pipelines are under-dispersed (spread-skill 0.48-0.63; "
-        "the tuned filters 0.93-1.07): the window's errors, correlated in time, are counted "
-        "as independent. Each pipeline carries a spread inflation fitted on validation "
-        "windows (spread_inflation in model_index.json, training/fit_spread_inflation.py; "
-        "docs/method.md, Spread inflation): on 3 fresh test windows with two networks slams-"
-        "qg-tiny's spread-skill goes from 0.63-0.68 to 0.98-1.05 at the same RMSE "
-        "(benchmarks/results/spread_inflation.md). The evaluation below includes it."
+        "\n" + SIDE_BY_SIDE
     ),
 }
 
