@@ -132,7 +132,7 @@ def main() -> None:
     title = (
         f"Skill on the QG testbed's test trajectories ({len(cases)} cases, {args.members} "
         f"members, {args.steps} steps + {args.corrections} correction; spectral B from "
-        "validation, nothing tuned)"
+        "validation; each pipeline's spread inflation, fitted on validation windows)"
     )
     write(args.name, payload, columns, rows, title)
     if args.update_cards:
@@ -146,6 +146,9 @@ def main() -> None:
                 "ensemble spread [K]": float(row["spread [K]"]),
                 "spread-skill ratio": float(row["spread-skill"]),
                 "background error covariance": "spectral, from validation cases, not tuned",
+                "spread inflation (fitted on validation windows)": str(
+                    SLAMSPipeline.from_pretrained(folder).config.get("spread_inflation")
+                ),
                 "members / steps / corrections": f"{args.members} / {args.steps} / "
                 f"{args.corrections}",
                 "seconds per case (this machine)": float(row["s / case"]),

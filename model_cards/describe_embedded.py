@@ -69,7 +69,8 @@ DESCRIPTIONS = {
         "training/train_score.py --config training/configs/qg-tiny-sda.yaml\n"
         "\n"
         "Evaluated like slams-qg-tiny (spectral background-error covariance from validation "
-        "cases, nothing tuned); see benchmarks/results/skill.md for the side-by-side "
+        "cases; its own spread inflation fitted on validation windows); see "
+        "benchmarks/results/skill.md for the side-by-side "
         "comparison.\n"
         "\n" + SIDE_BY_SIDE
     ),
