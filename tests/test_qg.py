@@ -260,16 +260,16 @@ def test_simulate_main_cli(tmp_path):
 
     import xarray as xr
 
-    from slams_diffusers.data.qg import add_simulate_arguments, simulate_main
+    from slams_diffusers.cli import add_simulate_qg_arguments, simulate_qg
 
     parser = argparse.ArgumentParser()
-    add_simulate_arguments(parser)
+    add_simulate_qg_arguments(parser)
     out = tmp_path / "qg.zarr"
     args = parser.parse_args(
         ["--out", str(out), "--trajectories", "2", "--steps", "2", "--nx", "16"]
         + ["--spinup-days", "1", "--interval-hours", "3", "--no-progress"]
     )
-    assert simulate_main(args) == 0
+    assert simulate_qg(args) == 0
     with xr.open_zarr(out) as ds:
         assert ds.t.shape == (2, 2, 5, 16, 16)
 

@@ -6,8 +6,7 @@
 - :mod:`.dataset`: :func:`simulate_dataset` (trajectories as a reanalysis-like
   ``xarray.Dataset``) and :func:`write_dataset`.
 
-The ``slams simulate qg`` command is :func:`slams_diffusers.cli.simulate_qg`; the names it had
-here, ``add_simulate_arguments`` and ``simulate_main``, still resolve to it.
+The ``slams simulate qg`` command is :func:`slams_diffusers.cli.simulate_qg`.
 """
 
 from ..splits import split_counts
@@ -40,8 +39,6 @@ __all__ = [
     "background_observation",
     "simulate_dataset",
     "write_dataset",
-    "add_simulate_arguments",
-    "simulate_main",
     "split_counts",
     "CP_DRY",
     "DAY",
@@ -53,18 +50,3 @@ __all__ = [
     "R_DRY",
     "SPINUP_DAYS",
 ]
-
-_COMMAND_LINE = {
-    "add_simulate_arguments": "add_simulate_qg_arguments",
-    "simulate_main": "simulate_qg",
-}
-
-
-def __getattr__(name: str):
-    """The ``slams simulate qg`` command's former names here, resolved in :mod:`slams_diffusers.cli`
-    on first use (the command line sits above the data layer, so it is not imported eagerly)."""
-    if name in _COMMAND_LINE:
-        from ... import cli
-
-        return getattr(cli, _COMMAND_LINE[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
