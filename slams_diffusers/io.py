@@ -731,7 +731,7 @@ def station_table(stations: Sequence[Stations], background: xr.DataArray) -> Any
         values = torch.where(obs.mask, obs.values, torch.nan).double().numpy()
         noise = np.broadcast_to(obs.noise_variance().double().sqrt().numpy(), values.shape)
         positions = obs.positions.double().numpy()
-        wraps = obs._periodic_axes()
+        wraps = obs.periodic
         coords = [
             _coordinate_values(
                 positions[:, a], np.asarray(background.coords[d].values, float), wraps[a]

@@ -41,6 +41,7 @@ import abc
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -397,11 +398,20 @@ def add_noise(
 
 
 def station_periodic_axes(periodic: Any, spatial_dims: int) -> tuple[bool, ...]:
-    """``periodic`` as :class:`Stations` reads it: as
-    :func:`~slams_diffusers.validation.periodic_axes`, except that a bool keeps its historical
-    meaning here, ``True`` wrapping the x axis (longitude) only. Name the axes (``"xy"``) or give
-    one bool per axis (``(True, True)``) for a doubly periodic grid."""
+    """``periodic`` as :class:`Stations` reads it: the package's one meaning,
+    :func:`~slams_diffusers.validation.periodic_axes` (axis names or one bool per axis), with the
+    old form still accepted: a bool here keeps its historical meaning, ``True`` wrapping the x
+    axis (longitude) only. On a 2-D grid, where that differs from the package's ``True`` (every
+    axis), it warns (``FutureWarning``) and asks for the axes by name: ``"x"`` or ``"xy"``."""
     if isinstance(periodic, bool):
+        if periodic and spatial_dims > 1:
+            warnings.warn(
+                "periodic=True for stations wraps the x axis only (its historical meaning), "
+                "while True wraps every axis elsewhere in the package; pass periodic='x' "
+                "(longitude only) or periodic='xy' (doubly periodic) instead",
+                FutureWarning,
+                stacklevel=3,
+            )
         periodic = "x" if periodic else "none"
     return periodic_axes(periodic, spatial_dims)
 
@@ -433,7 +443,8 @@ class Stations(Observation):
         noise_std: ``σ_y``, float or broadcastable to ``values``.
         periodic: the axes that wrap, as :func:`station_periodic_axes` reads them: axis names
             (``"x"``, ``"xy"``) or one bool per spatial axis, e.g. ``(True, True)`` for a doubly
-            periodic domain; a bool wraps the x axis (longitude) only, its historical meaning.
+            periodic domain; stored as one bool per axis. The old form, a bool, still means the
+            x axis (longitude) only, and ``True`` on a 2-D grid warns (``FutureWarning``).
         modality, time_index, mask: see :class:`Observation`.
 
     Use :meth:`from_pressures` to give the levels as pressures.
@@ -445,7 +456,7 @@ class Stations(Observation):
     num_levels: int
     grid_shape: tuple[int, ...]
     noise_std: float | Tensor
-    periodic: bool | Sequence[bool] = False
+    periodic: bool | str | Sequence[bool] = False
     modality: str = "stations"
     time_index: int = 0
     mask: Tensor | None = None
@@ -478,7 +489,7 @@ class Stations(Observation):
                 f"{'(y, x)' if sd == 2 else '(x,)'}), got {tuple(pos.shape)}"
             )
         self.positions = pos
-        self._periodic_axes()  # validates `periodic`
+        self.periodic = station_periodic_axes(self.periodic, sd)  # one bool per axis
         self._check_positions(self.grid_shape, "positions")
 
         values = torch.as_tensor(self.values)
@@ -498,7 +509,7 @@ class Stations(Observation):
         model_pressures: Sequence[float],
         grid_shape: tuple[int, ...],
         noise_std: float | Tensor,
-        periodic: bool | Sequence[bool] = False,
+        periodic: bool | str | Sequence[bool] = False,
         modality: str = "stations",
         time_index: int = 0,
         mask: Tensor | None = None,
@@ -541,7 +552,7 @@ class Stations(Observation):
         levels: Sequence[int],
         noise_std: float | Tensor,
         *,
-        periodic: bool | Sequence[bool] = False,
+        periodic: bool | str | Sequence[bool] = False,
         modality: str = "stations",
         time_index: int = 0,
         mask: Tensor | None = None,
@@ -571,15 +582,12 @@ class Stations(Observation):
 
     # -- geometry ------------------------------------------------------------------
 
-    def _periodic_axes(self) -> tuple[bool, ...]:
-        return station_periodic_axes(self.periodic, len(self.grid_shape))
-
     def _check_positions(self, grid_shape: tuple[int, ...], name: str) -> None:
         pos = self.positions
         if not bool(torch.isfinite(pos).all()):
             raise ValueError("positions: contains NaN or inf")
         names = ("y", "x") if len(grid_shape) == 2 else ("x",)
-        for a, (n, per) in enumerate(zip(grid_shape, self._periodic_axes(), strict=True)):
+        for a, (n, per) in enumerate(zip(grid_shape, self.periodic, strict=True)):
             p = pos[:, a]
             if per:
                 ok = (p >= 0) & (p < n)
@@ -599,7 +607,7 @@ class Stations(Observation):
         """Flat cell indices ``(2**sd, n)`` and weights ``(2**sd, n)`` of the corners."""
         pos = self.positions.to(device=device, dtype=torch.float64)
         per_axis = []
-        for a, (n, per) in enumerate(zip(self.grid_shape, self._periodic_axes(), strict=True)):
+        for a, (n, per) in enumerate(zip(self.grid_shape, self.periodic, strict=True)):
             p = pos[:, a]
             if per:
                 f = torch.floor(p)
@@ -644,7 +652,7 @@ class Stations(Observation):
         """
         dev, dt = self.values.device, self.values.dtype
         cell = torch.zeros(self.positions.shape[0], dtype=torch.long, device=dev)
-        for a, (n, per) in enumerate(zip(self.grid_shape, self._periodic_axes(), strict=True)):
+        for a, (n, per) in enumerate(zip(self.grid_shape, self.periodic, strict=True)):
             c = torch.round(self.positions[:, a].to(dev)).long()
             c = c % n if per else c.clamp(0, n - 1)
             cell = cell * n + c

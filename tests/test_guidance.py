@@ -98,7 +98,7 @@ def test_decoded_route_moment_matching_equals_closed_form(t):
         num_levels=2,
         grid_shape=(4, 4),
         noise_std=torch.tensor([0.5, 0.8], dtype=torch.float64),
-        periodic=True,
+        periodic="x",
     )
     level_std = torch.tensor([5.0, 4.0], dtype=torch.float64)
     term = decoded_term(stations, normaliser.decode, level_std)

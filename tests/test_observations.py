@@ -145,13 +145,13 @@ def test_periodic_wrap():
     pos = torch.tensor([[1.0, 7.5], [2.0, 7.25]])
     with pytest.raises(ValueError, match="positions"):
         Stations(torch.zeros(2, 1), pos, [1], L, (ny, nx), 0.1)  # x > nx - 1 without periodic
-    st = Stations(torch.zeros(2, 1), pos, [1], L, (ny, nx), 0.1, periodic=True)
+    st = Stations(torch.zeros(2, 1), pos, [1], L, (ny, nx), 0.1, periodic="x")
     out = st.operator(x)[:, 0]
     torch.testing.assert_close(out[0], 0.5 * x[1, 1, 7] + 0.5 * x[1, 1, 0])
     torch.testing.assert_close(out[1], 0.75 * x[1, 2, 7] + 0.25 * x[1, 2, 0])
     # periodic on x only: y must stay within [0, ny - 1]
     with pytest.raises(ValueError, match="positions"):
-        Stations(torch.zeros(1, 1), [[3.5, 1.0]], [0], L, (ny, nx), 0.1, periodic=True)
+        Stations(torch.zeros(1, 1), [[3.5, 1.0]], [0], L, (ny, nx), 0.1, periodic="x")
     # doubly periodic
     st2 = Stations(torch.zeros(1, 1), [[3.5, 1.0]], [0], L, (ny, nx), 0.1, periodic=(True, True))
     torch.testing.assert_close(st2.operator(x)[0, 0], 0.5 * (x[0, 3, 1] + x[0, 0, 1]))
@@ -365,7 +365,7 @@ def test_error_station_outside_grid():
     with pytest.raises(ValueError, match="positions"):
         Stations(torch.zeros(1, 1), [[7.5, 1.0]], [0], 2, (8, 8), 0.1)
     with pytest.raises(ValueError, match="positions"):
-        Stations(torch.zeros(1, 1), [[-0.1, 1.0]], [0], 2, (8, 8), 0.1, periodic=True)
+        Stations(torch.zeros(1, 1), [[-0.1, 1.0]], [0], 2, (8, 8), 0.1, periodic="x")
     with pytest.raises(ValueError, match="positions"):
         Stations(torch.zeros(1, 1), [[1.0]], [0], 2, (8, 8), 0.1)  # wrong spatial dims
     st = Stations(torch.zeros(1, 1), [[6.0, 1.0]], [0], 2, (8, 8), 0.1)

@@ -74,14 +74,14 @@ def _same(a, b):
 def test_station_positions_in_range():
     for grid in [(64, 64), (16, 48), (100,)]:
         for layout in ["uniform", "clustered"]:
-            for periodic in [False, True, (True,) * len(grid)]:
+            for periodic in [False, "x", (True,) * len(grid)]:
                 pos = station_positions(
                     grid, 3000, layout, spread=10.0, periodic=periodic, generator=_gen(0)
                 )
                 assert pos.shape == (3000, len(grid))
                 per = (
-                    (False,) * (len(grid) - 1) + (periodic,)
-                    if isinstance(periodic, bool)
+                    (False,) * (len(grid) - 1) + (periodic == "x",)
+                    if not isinstance(periodic, tuple)
                     else periodic
                 )
                 for a, (n, p) in enumerate(zip(grid, per, strict=True)):

@@ -22,14 +22,24 @@ def test_periodic_axes_forms():
         periodic_axes("z", 2)
 
 
-def test_stations_keep_their_bool_and_take_axis_names():
-    assert station_periodic_axes(True, 2) == (False, True)
+def test_stations_take_axis_names_and_keep_the_old_bool_with_a_warning():
     assert station_periodic_axes("xy", 2) == (True, True)
-    pos = [[3.5, 1.0]]
+    assert station_periodic_axes(True, 1) == (True,)  # x only = every axis: no warning
+    with pytest.warns(FutureWarning, match="pass periodic='x' .* or periodic='xy'"):
+        assert station_periodic_axes(True, 2) == (False, True)  # the old form: x only
+    pos = [[3.5, 7.5]]
     named = Stations(torch.zeros(1, 1), pos, [0], 2, (4, 8), 0.1, periodic="xy")
     tupled = Stations(torch.zeros(1, 1), pos, [0], 2, (4, 8), 0.1, periodic=(True, True))
+    assert named.periodic == tupled.periodic == (True, True)  # stored one bool per axis
     x = torch.randn(2, 4, 8)
     torch.testing.assert_close(named.operator(x), tupled.operator(x))
+    with pytest.warns(FutureWarning):
+        old = Stations(torch.zeros(1, 1), [[2.5, 7.5]], [0], 2, (4, 8), 0.1, periodic=True)
+    longitude = Stations(torch.zeros(1, 1), [[2.5, 7.5]], [0], 2, (4, 8), 0.1, periodic="x")
+    assert old.periodic == longitude.periodic == (False, True)
+    torch.testing.assert_close(old.operator(x), longitude.operator(x))
+    with pytest.raises(ValueError, match=r"positions.*\[0, 3\]"):  # y does not wrap
+        Stations(torch.zeros(1, 1), [[3.5, 1.0]], [0], 2, (4, 8), 0.1, periodic="x")
 
 
 def test_grid_distance_reads_axis_names():

@@ -24,9 +24,10 @@ observation types on the truth's device, so a generator must live there.
   observation encoders.
 
 ``periodic`` names the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`:
-a bool for every axis, axis names such as ``"xy"``, or one bool per axis); the station
-simulators read a bool as :class:`~slams_diffusers.observations.Stations` does (the x axis
-only, its historical meaning), so name the axes, e.g. ``"xy"``, for the doubly periodic testbed.
+axis names such as ``"xy"``, one bool per axis, or a bool for every axis); the station
+simulators still read the old form, a bool, as :class:`~slams_diffusers.observations.Stations`
+does (the x axis only; ``True`` on a 2-D grid warns), so name the axes, e.g. ``"xy"``, for the
+doubly periodic testbed.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def station_positions(
     *,
     clusters: int = 4,
     spread: float | None = None,
-    periodic: bool | Sequence[bool] = False,
+    periodic: bool | str | Sequence[bool] = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
@@ -185,8 +186,8 @@ def station_positions(
         clusters: number of cluster centres (clustered layout), ``>= 1``.
         spread: std of the Gaussian blobs in cells (clustered layout), ``> 0``;
             default ``max(1, min(grid_shape) / 16)`` (4 cells on a 64 × 64 grid).
-        periodic: as :class:`Stations`: a bool wraps the x axis only; one bool per axis
-            otherwise.
+        periodic: as :class:`Stations`: axis names or one bool per axis (the old form, a bool,
+            wraps the x axis only).
         generator: source of all random draws.
         device: where to return the positions (default: the generator's device).
 
@@ -236,7 +237,7 @@ def station_network(
     spread: float | None = None,
     positions: Tensor | None = None,
     missing_fraction: float = 0.0,
-    periodic: bool | Sequence[bool] = False,
+    periodic: bool | str | Sequence[bool] = False,
     time_index: int = 0,
     modality: str = "stations",
     generator: torch.Generator | None = None,
@@ -265,7 +266,7 @@ def station_network(
         positions: ``(n, spatial_dims)`` fixed positions instead of random ones (e.g.
             the same network at every step of a window).
         missing_fraction: fraction of the values masked at random, in ``[0, 1]``.
-        periodic: as :class:`Stations` (bool = x axis only).
+        periodic: as :class:`Stations` (axis names; the old form, a bool, wraps x only).
         time_index, modality: stored on the observation.
         generator: source of all random draws (on the truth's device).
 
@@ -364,7 +365,7 @@ def cloud_mask(
     cloud_fraction: float,
     correlation_length: float = 4.0,
     *,
-    periodic: bool | Sequence[bool] = True,
+    periodic: bool | str | Sequence[bool] = True,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
@@ -429,7 +430,7 @@ def satellite_channels(
     cloud_fraction: float = 0.0,
     correlation_length: float = 8.0,
     width: float = 0.5,
-    periodic: bool | Sequence[bool] = True,
+    periodic: bool | str | Sequence[bool] = True,
     time_index: int = 0,
     modality: str = "satellite",
     generator: torch.Generator | None = None,
@@ -577,7 +578,7 @@ def random_observations(
     gridded_coarsen: Sequence[int] = (1, 2, 4, 8),
     gridded_sparsity: Sequence[int] = (1, 2, 4),
     gridded_noise: tuple[float, float] = TRAINING_NOISE_STD["gridded"],
-    periodic: bool | Sequence[bool] = False,
+    periodic: bool | str | Sequence[bool] = False,
     time_index: int = 0,
 ) -> list[Observation]:
     r"""A random mix of degraded observations of ``truth``, for training observation encoders.
@@ -620,8 +621,8 @@ def random_observations(
         modalities: which modalities may appear, a subset of :data:`MODALITIES`.
         keep_probability: probability of keeping each modality, in ``[0, 1]``.
         min_modalities: at least this many modalities (``0`` allows an empty list).
-        periodic: stations' periodicity as :class:`Stations` (bool = x only); the
-            clouds use the same axes.
+        periodic: stations' periodicity as :class:`Stations` (axis names; the old form, a
+            bool, wraps x only); the clouds use the same axes.
         time_index: stored on every observation.
         others: the ranges above.
 
