@@ -1,11 +1,15 @@
 """slams-diffusers: score-based latent data assimilation as a diffusers plugin (SLAMS)."""
 
 from .covariance import (
+    DenseCovariance,
     DiagonalCovariance,
     SpectralCovariance,
     estimate_background_covariance,
     nmc_covariance,
 )
+from .cycling import CycleOutput, SLAMSFilter
+from .ensemble import ensemble_covariance
+from .forecast import numpy_forecast
 from .guidance import GaussianTerm, GuidedScore, conjugate_gradient, likelihood_score
 from .models import (
     LevelNormalizer,
@@ -41,6 +45,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AssimilationOutput",
     "Background",
+    "CycleOutput",
+    "DenseCovariance",
     "DiagonalCovariance",
     "GaussianScoreModel",
     "GaussianTerm",
@@ -51,6 +57,7 @@ __all__ = [
     "Observation",
     "ObservationEncoder",
     "ObservationEncoderOutput",
+    "SLAMSFilter",
     "SLAMSPipeline",
     "Satellite",
     "SpectralCovariance",
@@ -62,6 +69,7 @@ __all__ = [
     "VPPredictorCorrectorScheduler",
     "VPPredictorCorrectorSchedulerOutput",
     "conjugate_gradient",
+    "ensemble_covariance",
     "estimate_background_covariance",
     "fuse_gaussians",
     "fuse_likelihoods",
@@ -69,6 +77,7 @@ __all__ = [
     "gaussian_weighting_functions",
     "likelihood_score",
     "nmc_covariance",
+    "numpy_forecast",
     "tweedie_denoise",
 ]
 

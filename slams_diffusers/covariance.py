@@ -11,6 +11,8 @@ the unitary DFT followed by a ``levels × levels`` eigenbasis per wavenumber),
 so ``apply``, ``apply_sqrt`` and ``solve`` are exact (up to rounding) and differentiable torch ops.
 
 - :class:`DiagonalCovariance`: ``B = diag(std²)``, one std per cell.
+- :class:`DenseCovariance`: any ``B`` of a small state, through its eigendecomposition (e.g. a
+  localised ensemble covariance).
 - :class:`SpectralCovariance`: homogeneous errors, ``B = F^H diag_k(C(k)) F`` with the unitary DFT
   ``F`` over space and a real symmetric PSD ``levels × levels`` matrix ``C(k)`` per wavenumber
   (isotropic by default: ``C`` depends on the shell ``round(|k|)`` only), the classical
@@ -45,6 +47,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "EIGENVALUE_FLOOR",
     "BackgroundCovariance",
+    "DenseCovariance",
     "DiagonalCovariance",
     "SpectralCovariance",
     "default_background_covariance",
@@ -335,6 +338,89 @@ class DiagonalCovariance(BackgroundCovariance):
         """``diag((factor · std)²)``."""
         factor = _as_factor(factor, "factor")
         return type(self).from_std(self.std * factor, self.levels, self.grid_shape)
+
+
+# --------------------------------------------------------------------------- dense
+
+#: The largest state (``levels · prod(grid_shape)``) :class:`DenseCovariance` takes: its
+#: eigendecomposition costs ``O(size³)`` and its eigenvectors ``8 size²`` bytes.
+DENSE_MAX_SIZE = 4096
+
+
+class DenseCovariance(BackgroundCovariance):
+    r"""Any covariance of a small state, held as its eigendecomposition ``B = Q diag(λ) Qᵀ``
+    (``Q`` orthogonal, ``λ >= 0``) over the C-order flattening of ``(levels, *space)``: e.g. a
+    localised ensemble covariance (:func:`slams_diffusers.ensemble.ensemble_covariance`) of a
+    Lorenz-96 or column state, which no fixed basis diagonalises.
+
+    Config: ``levels``, ``grid_shape``. Buffers: ``eigenvalues`` ``(size,)`` and ``eigenvectors``
+    ``(size, size)`` (float64). Build it with :meth:`from_matrix`; states up to
+    :data:`DENSE_MAX_SIZE` entries.
+    """
+
+    @register_to_config
+    def __init__(self, levels: int = 1, grid_shape: Sequence[int] = (8,)) -> None:
+        super().__init__()
+        self._init_shape(levels, grid_shape)
+        if self.size > DENSE_MAX_SIZE:
+            raise ValueError(
+                f"levels, grid_shape: a dense covariance of {self.state_shape} has order "
+                f"{self.size}, expected at most {DENSE_MAX_SIZE} (use a SpectralCovariance)"
+            )
+        self.register_buffer("eigenvalues", torch.ones(self.size, dtype=torch.float64))
+        self.register_buffer("eigenvectors", torch.eye(self.size, dtype=torch.float64))
+
+    @classmethod
+    def from_matrix(cls, matrix: Tensor, levels: int, grid_shape: Sequence[int]) -> DenseCovariance:
+        """From the matrix ``B`` ``(size, size)``: symmetrised, eigenvalues below zero (rounding
+        of a PSD matrix) set to zero; a matrix that is not symmetric positive semi-definite to a
+        relative ``1e-8`` is refused."""
+        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape)))
+        b = torch.as_tensor(matrix).double()
+        if tuple(b.shape) != (cov.size, cov.size):
+            raise ValueError(
+                f"matrix: expected shape ({cov.size}, {cov.size}) for states {cov.state_shape}, "
+                f"got {tuple(b.shape)}"
+            )
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError("matrix: contains NaN or inf")
+        scale = float(b.abs().max()) or 1.0
+        if float((b - b.T).abs().max()) > 1e-8 * scale:
+            raise ValueError("matrix: expected a symmetric matrix")
+        values, vectors = torch.linalg.eigh(0.5 * (b + b.T))
+        if float(values.min()) < -1e-8 * max(float(values.max()), 0.0) - 1e-300:
+            raise ValueError(
+                f"matrix: expected a positive semi-definite matrix, smallest eigenvalue "
+                f"{float(values.min()):g}"
+            )
+        cov.eigenvalues = values.clamp_min(0.0)
+        cov.eigenvectors = vectors
+        return cov
+
+    def _map(self, x: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        q = self.eigenvectors.to(device=x.device, dtype=x.dtype)
+        lam = self.eigenvalues.to(device=x.device, dtype=x.dtype)
+        dims = len(self.state_shape)
+        flat = x.reshape(*x.shape[: x.ndim - dims], self.size)
+        # f sees λ laid out as a state, so that a per-batch shift (..., 1, …, 1) broadcasts
+        weights = f(lam.reshape(self.state_shape))
+        weights = weights.reshape(*weights.shape[: weights.ndim - dims], self.size)
+        return (((flat @ q) * weights) @ q.T).reshape(x.shape)
+
+    def _max_eigenvalue(self) -> float:
+        return float(self.eigenvalues.max())
+
+    def variance(self) -> Tensor:
+        """``diag(B)``, ``(levels, *space)`` (float64)."""
+        return (self.eigenvectors.square() @ self.eigenvalues).reshape(self.state_shape)
+
+    def scaled(self, factor: float) -> DenseCovariance:
+        """``factor² B``."""
+        factor = _as_factor(factor, "factor")
+        cov = type(self)(levels=self.levels, grid_shape=self.grid_shape)
+        cov.eigenvalues = self.eigenvalues * factor**2
+        cov.eigenvectors = self.eigenvectors.clone()
+        return cov
 
 
 # --------------------------------------------------------------------------- spectral

@@ -1,0 +1,269 @@
+r"""Cycled assimilation with the user's forecast model (docs/method.md §Cycling).
+
+:class:`SLAMSFilter` runs forecast → assimilate → forecast from the analysis. At cycle ``k`` the
+forecast ensemble ``x_f^{(1…N)}`` (the analysis members of cycle ``k − 1`` advanced by the
+forecast model) is the background: its mean with the flow-dependent covariance
+``B = ρ (L ∘ P_f) + B_s`` (:func:`~slams_diffusers.ensemble.ensemble_covariance`). The pipeline
+samples
+
+.. math:: p(x_{k-ℓ:k} \mid x̄_f, y_{k-ℓ:k}) ∝ p(x_{k-ℓ:k})\, N(x̄_f; x_{k-ℓ}, B)
+          \prod_{j=k-ℓ}^{k} p(y_j \mid x_j)
+
+over a window of ``F = max(window, ℓ + 1)`` frames ending at ``k`` with the score model's prior
+``p`` (frames before ``k − ℓ`` carry no information and are marginalised), where ``ℓ`` is the
+``lag`` and ``x̄_f, B`` are those of the forecast *for cycle* ``k − ℓ``, made from the analysis of
+cycle ``k − ℓ − 1``: it has seen ``y_{1:k−ℓ−1}`` only, so no observation counts twice.
+
+- ``lag = 0`` (the filter): the background and ``y_k`` inform the last frame; its members are
+  the analysis, forecast to the next cycle.
+- ``lag = ℓ > 0`` (a fixed-lag smoother): frame ``k − ℓ`` is the smoothed analysis given
+  ``y_{1:k}``; the last frame is still the filter analysis given ``y_{1:k}`` (the prior's dynamics
+  carry the background ``ℓ`` cycles forward), and it is what the forecast model advances.
+
+The learned prior is climatological, so the analysis also counts the climatology once besides the
+background; in cycling, where ``B`` is far tighter than the climate's variance, this adds little
+(docs/method.md §Cycling). Sampling is seeded per cycle and member, so a run stopped after ``k``
+cycles and resumed from :meth:`SLAMSFilter.state_dict` is identical to one never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.utils import BaseOutput
+from torch import Tensor
+
+from .ensemble import ensemble_covariance
+from .forecast import ForecastModel, run_forecast
+from .observations import Background, Observation, check_observations
+from .validation import as_int, finite_float
+
+__all__ = ["CycleOutput", "SLAMSFilter"]
+
+#: Arguments of the pipeline that the filter sets itself.
+_OWNED = (
+    "background",
+    "observations",
+    "num_members",
+    "num_frames",
+    "generator",
+    "output_type",
+    "return_dict",
+)
+
+
+@dataclass
+class CycleOutput(BaseOutput):
+    """One cycle of :class:`SLAMSFilter`.
+
+    Args:
+        cycle: the cycle's index (from 0).
+        analysis: the filter analysis members ``(members, *state)`` given ``y_{1:k}``.
+        forecast: the forecast (background) members of this cycle ``(members, *state)``.
+        smoothed: with ``lag = ℓ``, the members of cycle ``k − ℓ`` given ``y_{1:k}``; ``None``
+            for the filter and the first ``ℓ`` cycles.
+    """
+
+    cycle: int
+    analysis: Tensor
+    forecast: Tensor
+    smoothed: Tensor | None = None
+
+
+class SLAMSFilter:
+    """Cycled assimilation with a :class:`~slams_diffusers.SLAMSPipeline` and a forecast model
+    (module docstring; docs/method.md §Cycling).
+
+    Args:
+        pipeline: the :class:`~slams_diffusers.SLAMSPipeline` whose prior is used.
+        forecast_model: ``model(states (members, *state), steps) -> states``
+            (:mod:`slams_diffusers.forecast`).
+        initial_ensemble: the forecast members of cycle 0, ``(members, levels, *space)``,
+            ``members >= 2``.
+        steps_per_cycle: forecast-model steps between two cycles.
+        lag: ``ℓ >= 0``; 0 is the filter.
+        localization_radius, periodic: the Gaspari–Cohn half-width (cells) of ``L`` and the axes
+            that wrap; ``None`` = no localisation.
+        covariance_inflation: ``ρ`` multiplying the forecast covariance.
+        static_covariance: ``B_s`` added to it (a covariance object), or ``None``.
+        seed: seeds the sampling of every cycle and member.
+        **pipeline_kwargs: passed to every pipeline call (``num_inference_steps``,
+            ``likelihood_covariance``, ...); ``spread_inflation`` defaults to 1 (the covariance
+            inflation is the cycling's).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        forecast_model: ForecastModel,
+        initial_ensemble: Tensor,
+        *,
+        steps_per_cycle: int = 1,
+        lag: int = 0,
+        localization_radius: float | None = None,
+        periodic: Any = True,
+        covariance_inflation: float = 1.0,
+        static_covariance: Any = None,
+        seed: int = 0,
+        **pipeline_kwargs: Any,
+    ) -> None:
+        if not callable(forecast_model):
+            raise ValueError(
+                "forecast_model: expected a callable (states, steps) -> states, got "
+                f"{type(forecast_model).__name__}"
+            )
+        owned = sorted(set(pipeline_kwargs) & set(_OWNED))
+        if owned:
+            raise ValueError(
+                f"pipeline_kwargs: {owned} are set by the filter each cycle; expected none of "
+                f"{list(_OWNED)}"
+            )
+        if (
+            not isinstance(initial_ensemble, Tensor)
+            or initial_ensemble.ndim != 2 + pipeline.spatial_dims
+            or initial_ensemble.shape[0] < 2
+            or initial_ensemble.shape[1] != pipeline.levels
+        ):
+            raise ValueError(
+                f"initial_ensemble: expected a tensor (members >= 2, levels={pipeline.levels}, "
+                f"*space) with {pipeline.spatial_dims} spatial dims, got "
+                f"{type(initial_ensemble).__name__} of shape "
+                f"{tuple(getattr(initial_ensemble, 'shape', ()))}"
+            )
+        if not bool(torch.isfinite(initial_ensemble).all()):
+            raise ValueError("initial_ensemble: contains NaN or inf")
+        self.pipeline = pipeline
+        self.forecast_model = forecast_model
+        self.steps_per_cycle = as_int(steps_per_cycle, "steps_per_cycle", minimum=1)
+        self.lag = as_int(lag, "lag", minimum=0)
+        self.localization_radius = localization_radius
+        self.periodic = periodic
+        self.covariance_inflation = finite_float(covariance_inflation, "covariance_inflation")
+        self.static_covariance = static_covariance
+        self.seed = as_int(seed, "seed", minimum=0)
+        self.pipeline_kwargs = {"spread_inflation": 1.0, **pipeline_kwargs}
+        self.cycle = 0
+        # the forecasts of cycles cycle - lag … cycle, the observations of cycle - lag … cycle - 1
+        self._forecasts: list[Tensor] = [initial_ensemble.detach().clone()]
+        self._observations: list[list[Observation]] = []
+        ensemble_covariance(  # checks the covariance options now rather than at the first cycle
+            initial_ensemble,
+            localization_radius=localization_radius,
+            periodic=periodic,
+            inflation=self.covariance_inflation,
+            static=static_covariance,
+        )
+
+    @property
+    def num_members(self) -> int:
+        return int(self._forecasts[-1].shape[0])
+
+    @property
+    def forecast(self) -> Tensor:
+        """The forecast members of the next cycle ``(members, *state)``."""
+        return self._forecasts[-1]
+
+    # ------------------------------------------------------------------ cycling
+    def _generators(self) -> list[torch.Generator]:
+        device = self.pipeline.device
+        return [
+            torch.Generator(device).manual_seed(
+                (self.seed * 1_000_003 + self.cycle) * 65_537 + member
+            )
+            for member in range(self.num_members)
+        ]
+
+    def step(self, observations: Observation | Sequence[Observation] = ()) -> CycleOutput:
+        """Assimilate the observations of the next cycle (one time; their ``time_index`` is
+        ignored) and forecast the analysis to the cycle after it."""
+        space = tuple(self.forecast.shape[2:])
+        observations = check_observations(observations, levels=self.pipeline.levels, space=space)
+        if any(isinstance(o, Background) for o in observations):
+            raise ValueError(
+                "observations: a Background was given; the filter's background is its forecast "
+                "ensemble (add a static B with `static_covariance=`)"
+            )
+        lagged = len(self._observations)  # min(lag, cycle)
+        frames = max(self.pipeline.window, lagged + 1)
+        first = frames - 1 - lagged  # the frame of cycle - lagged
+        forecast = self._forecasts[0]
+        covariance = ensemble_covariance(
+            forecast,
+            localization_radius=self.localization_radius,
+            periodic=self.periodic,
+            inflation=self.covariance_inflation,
+            static=self.static_covariance,
+        )
+        background = Background(
+            values=forecast.mean(dim=0),
+            noise_std=covariance.variance().sqrt().to(forecast),
+            time_index=first,
+            covariance=covariance,
+        )
+        window = [background]
+        for offset, cycle_observations in enumerate([*self._observations, observations]):
+            window += [
+                dataclasses.replace(o, time_index=first + offset) for o in cycle_observations
+            ]
+        out = self.pipeline(
+            observations=window,
+            num_frames=frames,
+            num_members=self.num_members,
+            generator=self._generators(),
+            output_type="pt",
+            **self.pipeline_kwargs,
+        )
+        members = out.members.to(forecast)
+        analysis = members[:, -1]
+        smoothed = members[:, first] if self.lag and lagged == self.lag else None
+        output = CycleOutput(
+            cycle=self.cycle, analysis=analysis, forecast=self._forecasts[-1], smoothed=smoothed
+        )
+        self._forecasts.append(run_forecast(self.forecast_model, analysis, self.steps_per_cycle))
+        self._observations.append(observations)
+        if len(self._observations) > self.lag:
+            self._observations.pop(0)
+        self._forecasts = self._forecasts[-(len(self._observations) + 1) :]
+        self.cycle += 1
+        return output
+
+    def cycles(self, observations: Iterable[Sequence[Observation]]) -> Iterator[CycleOutput]:
+        """``step`` over the observations of successive cycles, yielding each cycle's output."""
+        for cycle_observations in observations:
+            yield self.step(cycle_observations)
+
+    # ------------------------------------------------------------------ stop and resume
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the cycle, the pending forecasts and the observations of the
+        last ``lag`` cycles (``Observation`` objects; none for the filter, whose state is
+        tensors and ints only). ``torch.save`` it."""
+        return {
+            "cycle": self.cycle,
+            "seed": self.seed,
+            "lag": self.lag,
+            "forecasts": [f.clone() for f in self._forecasts],
+            "observations": [list(o) for o in self._observations],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next :meth:`step` continues as the saved run did."""
+        missing = {"cycle", "seed", "lag", "forecasts", "observations"} - set(state)
+        if missing:
+            raise ValueError(f"state: missing {sorted(missing)}; expected a SLAMSFilter state_dict")
+        if int(state["lag"]) != self.lag:
+            raise ValueError(f"state: saved with lag={state['lag']}, this filter has {self.lag}")
+        forecasts = list(state["forecasts"])
+        shape = tuple(self._forecasts[-1].shape)
+        if not forecasts or any(tuple(f.shape) != shape for f in forecasts):
+            raise ValueError(
+                f"state: expected forecasts of shape {shape}, got "
+                f"{[tuple(f.shape) for f in forecasts]}"
+            )
+        self.cycle = as_int(state["cycle"], "cycle", minimum=0)
+        self.seed = as_int(state["seed"], "seed", minimum=0)
+        self._forecasts = [f.clone() for f in forecasts]
+        self._observations = [list(o) for o in state["observations"]]

@@ -1,0 +1,218 @@
+"""Cycled assimilation (docs/method.md §Cycling): the linear-Gaussian case against the Kalman
+filter, stop and resume, the forecast model's checks and the ensemble covariance."""
+
+import pytest
+import torch
+
+from slams_diffusers import SLAMSPipeline, Stations, VPPredictorCorrectorScheduler
+from slams_diffusers.covariance import DenseCovariance
+from slams_diffusers.cycling import SLAMSFilter
+from slams_diffusers.ensemble import ensemble_covariance, localization_matrix
+from slams_diffusers.forecast import numpy_forecast, run_forecast
+from slams_diffusers.models.gaussian_score import GaussianScoreModel
+from slams_diffusers.observations import Background
+from slams_diffusers.testing import GaussianPosterior, squared_exponential_covariance
+
+CELLS = 8
+POSITIONS = torch.tensor([[0.0], [3.0], [5.0]], dtype=torch.float64)
+
+
+def shift_model(states: torch.Tensor, steps: int) -> torch.Tensor:
+    """``x -> 0.9 · roll(x, 1)`` per step: linear, ``M = 0.9 P``."""
+    for _ in range(steps):
+        states = 0.9 * torch.roll(states, 1, dims=-1)
+    return states
+
+
+def gaussian_pipeline(window: int = 1) -> tuple[SLAMSPipeline, torch.Tensor, torch.Tensor]:
+    """A pixel-space pipeline whose prior is exactly ``N(0, C)`` per frame (independent frames),
+    of unit variance like the standard-normal climatology the sampler falls back to."""
+    spatial = squared_exponential_covariance((CELLS,), 2.0)
+    covariance = torch.kron(torch.eye(window, dtype=torch.float64), spatial)
+    mean = torch.zeros(window, 1, CELLS, dtype=torch.float64)
+    score = GaussianScoreModel.from_moments(mean, covariance, window=window)
+    pipe = SLAMSPipeline(score_model=score, scheduler=VPPredictorCorrectorScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, mean[0], spatial
+
+
+def cycle_observations(truths: torch.Tensor, seed: int) -> list[list[Stations]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        [Stations.simulate(t, POSITIONS, [0], 0.5, periodic="x", generator=generator)]
+        for t in truths
+    ]
+
+
+def truth_run(cycles: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, CELLS, generator=generator, dtype=torch.float64)
+    states = []
+    for _ in range(cycles):
+        states.append(x)
+        x = shift_model(x, 1)
+    return torch.stack(states)
+
+
+def test_linear_gaussian_cycling_matches_the_kalman_filter():
+    pipe, _, climate = gaussian_pipeline()
+    cycles, members = 3, 512
+    truths = truth_run(cycles, seed=1)
+    observations = cycle_observations(truths, seed=2)
+    initial = truths[0] + torch.randn(members, 1, CELLS, generator=torch.Generator().manual_seed(3))
+    initial = initial.double()
+    filter_ = SLAMSFilter(
+        pipe,
+        shift_model,
+        initial,
+        num_inference_steps=256,
+        corrector_steps=0,  # the Langevin corrector's step (τ = 0.5) is biased in 8 dims
+        climatology_snr=None,  # the exact prior, not the standard-normal fallback at high noise
+        cg_iterations=16,  # CG solves exactly (8 cells + 3 stations): B_f is stiff (cond. 1e4)
+        likelihood_covariance="moment_matching",
+    )
+    # the Kalman filter of the same model, from the same initial moments; the analysis multiplies
+    # in the prior N(0, C) once, as the pipeline's does (docs/method.md §Cycling)
+    kalman_mean, kalman_covariance = initial.mean(0), torch.cov(initial.reshape(members, -1).T)
+    rolled = 0.9 * torch.roll(torch.eye(CELLS, dtype=torch.float64), 1, dims=0)
+    for k in range(cycles):
+        out = filter_.step(observations[k])
+        # each analysis is the exact posterior given its own forecast ensemble's moments, within
+        # the exactness tolerances of tests/test_exactness.py (512 members, 256 steps;
+        # measured: mean error 0.02 / 0.04 / 0.03 posterior std, variance ratio 0.96-0.99)
+        forecast = out.forecast.reshape(members, -1)
+        own = posterior_given(forecast.mean(0), torch.cov(forecast.T), climate, observations[k])
+        mean_error, variance_ratio = own.errors(out.analysis[:, None])
+        assert mean_error < 0.1 and abs(variance_ratio - 1) < 0.1, (k, mean_error, variance_ratio)
+        # and the cycles follow the Kalman filter: the Monte-Carlo error of 512 members (0.044
+        # posterior std in the mean) is carried forward by the forecast ensemble and grows in
+        # units of a shrinking posterior std (measured: mean error 0.02 / 0.05 / 0.08, variance
+        # ratio 0.98 / 0.94 / 0.94), hence twice the mean tolerance by the third cycle
+        kalman = posterior_given(kalman_mean, kalman_covariance, climate, observations[k])
+        mean_error, variance_ratio = kalman.errors(out.analysis[:, None])
+        assert mean_error < 0.1 * (1 + k / 2), (k, mean_error)
+        assert abs(variance_ratio - 1) < 0.1, (k, variance_ratio)
+        kalman_mean = (rolled @ kalman.mean.reshape(-1)).reshape(1, CELLS)
+        kalman_covariance = rolled @ kalman.covariance @ rolled.T
+        assert out.smoothed is None
+
+
+def posterior_given(mean, covariance, climate, observations) -> GaussianPosterior:
+    """The exact analysis of the climatology ``N(0, C)``, a background ``N(mean, covariance)``
+    and the observations."""
+    background = Background(
+        values=mean.reshape(1, CELLS),
+        noise_std=covariance.diagonal().sqrt().reshape(1, CELLS),
+        covariance=DenseCovariance.from_matrix(covariance, 1, (CELLS,)),
+    )
+    prior_mean = torch.zeros(1, 1, CELLS, dtype=torch.float64)
+    return GaussianPosterior.from_observations(prior_mean, climate, [background, *observations])
+
+
+def test_stop_save_resume_is_identical_to_an_uninterrupted_run():
+    pipe, _, _ = gaussian_pipeline(window=3)
+    truths = truth_run(5, seed=4)
+    observations = cycle_observations(truths, seed=5)
+    initial = truths[0] + torch.randn(6, 1, CELLS, generator=torch.Generator().manual_seed(6))
+    options = dict(lag=1, localization_radius=3.0, seed=7, num_inference_steps=8)
+    whole = SLAMSFilter(pipe, shift_model, initial.double(), **options)
+    outputs = list(whole.cycles(observations))
+    assert [o.cycle for o in outputs] == [0, 1, 2, 3, 4]
+    assert outputs[0].smoothed is None and outputs[1].smoothed is not None
+
+    first = SLAMSFilter(pipe, shift_model, initial.double(), **options)
+    for obs in observations[:2]:
+        first.step(obs)
+    saved = first.state_dict()
+    resumed = SLAMSFilter(pipe, shift_model, torch.zeros(6, 1, CELLS).double(), **options)
+    resumed.load_state_dict(saved)
+    for k, obs in enumerate(observations[2:], start=2):
+        out = resumed.step(obs)
+        assert out.cycle == k
+        torch.testing.assert_close(out.analysis, outputs[k].analysis, rtol=0, atol=0)
+        torch.testing.assert_close(out.smoothed, outputs[k].smoothed, rtol=0, atol=0)
+
+
+def test_the_smoother_uses_later_observations():
+    """With a lag the smoothed frame of cycle k − 1 moves with y_k (through the prior's frames)."""
+    pipe, _, _ = gaussian_pipeline(window=1)
+    # an AR(1) prior over 2 frames links x_{k-1} and x_k
+    spatial = squared_exponential_covariance((CELLS,), 2.0)
+    temporal = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64)
+    score = GaussianScoreModel.from_moments(
+        torch.zeros(2, 1, CELLS, dtype=torch.float64), torch.kron(temporal, spatial), window=2
+    )
+    pipe = SLAMSPipeline(score_model=score, scheduler=VPPredictorCorrectorScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    truths = truth_run(2, seed=8)
+    observations = cycle_observations(truths, seed=9)
+    initial = (truths[0] + torch.randn(64, 1, CELLS, generator=torch.Generator())).double()
+    filter_ = SLAMSFilter(pipe, shift_model, initial, lag=1, num_inference_steps=16)
+    first = filter_.step(observations[0])
+    second = filter_.step(observations[1])
+    assert second.smoothed is not None
+    # not the filter analysis of cycle 0: the observation of cycle 1 moved it
+    assert (second.smoothed.mean(0) - first.analysis.mean(0)).abs().max() > 0.05
+
+
+def test_forecast_model_output_is_checked():
+    states = torch.zeros(4, 1, CELLS)
+    with pytest.raises(ValueError, match=r"forecast_model: returned shape \(4, 8\) .* expected"):
+        run_forecast(lambda x, n: x[:, 0], states, 1)
+    with pytest.raises(ValueError, match="forecast_model: returned NaN or inf in 4 of 4 members"):
+        run_forecast(lambda x, n: x / 0.0, states, 1)
+    with pytest.raises(ValueError, match="forecast_model: expected it to return a torch.Tensor"):
+        run_forecast(lambda x, n: x.tolist(), states, 1)
+    doubled = run_forecast(numpy_forecast(lambda x, n: 2.0 * x + n), states + 1, 3)
+    assert doubled.dtype == torch.float32
+    torch.testing.assert_close(doubled, torch.full_like(states, 5.0))
+
+    pipe, _, _ = gaussian_pipeline()
+    filter_ = SLAMSFilter(pipe, lambda x, n: x[:1], torch.randn(4, 1, CELLS).double())
+    with pytest.raises(ValueError, match="forecast_model: returned shape"):
+        filter_.step([])
+    with pytest.raises(ValueError, match="forecast_model: expected a callable"):
+        SLAMSFilter(pipe, None, torch.randn(4, 1, CELLS))
+    with pytest.raises(ValueError, match=r"initial_ensemble: expected a tensor \(members >= 2"):
+        SLAMSFilter(pipe, shift_model, torch.randn(1, 1, CELLS))
+    with pytest.raises(ValueError, match="pipeline_kwargs: \\['num_members'\\] are set by"):
+        SLAMSFilter(pipe, shift_model, torch.randn(4, 1, CELLS), num_members=3)
+
+
+def test_ensemble_covariance_is_the_tapered_sample_covariance():
+    generator = torch.Generator().manual_seed(0)
+    members = torch.randn(10, 2, CELLS, generator=generator, dtype=torch.float64)
+    flat = members.reshape(10, -1)
+    sample = torch.cov(flat.T)
+    plain = ensemble_covariance(members, inflation=1.5)
+    torch.testing.assert_close(plain.to_dense(), 1.5 * sample)
+    taper = localization_matrix((CELLS,), 2.0, periodic=True)
+    assert taper[0, 0] == 1 and taper[0, 4] == 0  # 4 cells >= 2c away: cut off
+    assert taper[0, 1] == taper[0, CELLS - 1]  # wraps
+    local = ensemble_covariance(members, localization_radius=2.0)
+    torch.testing.assert_close(local.to_dense(), sample * torch.kron(torch.ones(2, 2), taper))
+    x = torch.randn(3, 2, CELLS, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(local.solve(local.apply(x), shift=0.0), x, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="members: expected a tensor"):
+        ensemble_covariance(members[:1])
+    with pytest.raises(ValueError, match="localization_radius: expected a number > 0"):
+        ensemble_covariance(members, localization_radius=0.0)
+
+
+def test_dense_covariance_round_trips_and_refuses_what_is_not_a_covariance(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    factor = torch.randn(CELLS, CELLS, generator=generator, dtype=torch.float64)
+    covariance = DenseCovariance.from_matrix(factor @ factor.T, 1, (CELLS,))
+    covariance.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = DenseCovariance.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.to_dense(), covariance.to_dense(), rtol=0, atol=0)
+    torch.testing.assert_close(covariance.to_dense(), factor @ factor.T)
+    with pytest.raises(ValueError, match="matrix: expected a symmetric matrix"):
+        DenseCovariance.from_matrix(factor, 1, (CELLS,))
+    with pytest.raises(ValueError, match="matrix: expected a positive semi-definite matrix"):
+        DenseCovariance.from_matrix(-factor @ factor.T, 1, (CELLS,))
+    with pytest.raises(ValueError, match=r"matrix: expected shape \(8, 8\)"):
+        DenseCovariance.from_matrix(torch.eye(4), 1, (CELLS,))
+    with pytest.raises(ValueError, match="expected at most 4096"):
+        DenseCovariance(levels=5, grid_shape=(64, 64))
