@@ -34,6 +34,7 @@ from .observations import (
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
+from .smoothing import smooth_record
 from .schedulers import (
     VPPredictorCorrectorScheduler,
     VPPredictorCorrectorSchedulerOutput,
@@ -77,6 +78,7 @@ __all__ = [
     "gaussian_weighting_functions",
     "likelihood_score",
     "nmc_covariance",
+    "smooth_record",
     "numpy_forecast",
     "tweedie_denoise",
 ]

@@ -1,6 +1,8 @@
 """Cycled assimilation (docs/method.md §Cycling): the linear-Gaussian case against the Kalman
 filter, stop and resume, the forecast model's checks and the ensemble covariance."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from slams_diffusers.ensemble import ensemble_covariance, localization_matrix
 from slams_diffusers.forecast import numpy_forecast, run_forecast
 from slams_diffusers.models.gaussian_score import GaussianScoreModel
 from slams_diffusers.observations import Background
+from slams_diffusers.smoothing import record_windows, smooth_record
 from slams_diffusers.testing import GaussianPosterior, squared_exponential_covariance
 
 CELLS = 8
@@ -216,3 +219,53 @@ def test_dense_covariance_round_trips_and_refuses_what_is_not_a_covariance(tmp_p
         DenseCovariance.from_matrix(torch.eye(4), 1, (CELLS,))
     with pytest.raises(ValueError, match="expected at most 4096"):
         DenseCovariance(levels=5, grid_shape=(64, 64))
+
+
+def test_record_windows_tile_the_record_and_drop_inner_edges():
+    assert record_windows(9, 5, 1) == [(0, 0, 4), (3, 4, 7), (4, 7, 9)]
+    assert record_windows(7, 5, 1) == [(0, 0, 4), (2, 4, 7)]
+    assert record_windows(5, 5, 2) == [(0, 0, 5)]
+    for frames, length, margin in [(100, 12, 3), (37, 9, 2), (10, 3, 0)]:
+        windows = record_windows(frames, length, margin)
+        assert windows[0][1] == 0 and windows[-1][2] == frames
+        for (start, keep_from, keep_to), following in zip(windows, windows[1:], strict=False):
+            assert keep_to == following[1]  # contiguous
+            assert keep_from >= start and keep_to <= start + length
+            assert keep_to - start <= length - margin  # the inner edge is dropped
+    with pytest.raises(ValueError, match="margin: expected 2 · margin < length = 5"):
+        record_windows(9, 5, 3)
+    with pytest.raises(ValueError, match="length: expected at most the record's 4 states"):
+        record_windows(4, 5, 1)
+
+
+def test_smooth_record_keeps_each_window_interior():
+    spatial = squared_exponential_covariance((CELLS,), 2.0)
+    temporal = torch.tensor([[1.0, 0.8, 0.64], [0.8, 1.0, 0.8], [0.64, 0.8, 1.0]])
+    score = GaussianScoreModel.from_moments(
+        torch.zeros(3, 1, CELLS, dtype=torch.float64),
+        torch.kron(temporal.double(), spatial),
+        window=3,
+    )
+    pipe = SLAMSPipeline(score_model=score, scheduler=VPPredictorCorrectorScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    observations = cycle_observations(truth_run(7, seed=10), seed=11)
+    members = smooth_record(
+        pipe, observations, length=5, margin=1, num_members=4, seed=3, num_inference_steps=8
+    )
+    assert members.shape == (4, 7, 1, CELLS)
+    # the second window (start 2) supplies states 4-6: its own assimilation, same seeds
+    window = [dataclasses.replace(o, time_index=t) for t in range(5) for o in observations[2 + t]]
+    generators = [torch.Generator().manual_seed((3 * 1_000_003 + 1) * 65_537 + m) for m in range(4)]
+    direct = pipe(
+        observations=window,
+        num_frames=5,
+        num_members=4,
+        generator=generators,
+        output_type="pt",
+        num_inference_steps=8,
+    ).members
+    torch.testing.assert_close(members[:, 4:], direct[:, 2:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="length: expected at least the score model's window 3"):
+        smooth_record(pipe, observations, length=2)
+    with pytest.raises(ValueError, match=r"pipeline_kwargs: \['num_frames'\]"):
+        smooth_record(pipe, observations, num_frames=3)
