@@ -34,12 +34,12 @@ from .observations import (
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
-from .smoothing import smooth_record
 from .schedulers import (
     VPPredictorCorrectorScheduler,
     VPPredictorCorrectorSchedulerOutput,
     tweedie_denoise,
 )
+from .smoothing import smooth_record
 
 __version__ = "0.1.0"
 
