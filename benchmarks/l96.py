@@ -11,7 +11,10 @@ The inflation (and the LETKF's Gaspari–Cohn half-width, in grid cells) of each
 separate truth (``--tune-seed``, as long as the scored one) by the RMSE over the grid below; the
 scored truth (``--seed``) is used once, with the chosen values. Tuning runs shorter than the scored
 ones pick too little inflation: the ETKF with N = 20 and ρ = 1.02 is the best over 1500 cycles and
-then loses the truth (RMSE 2–4) within 6000 cycles on every seed tried (0, 1, 2).
+then loses the truth (RMSE 2–4) within 6000 cycles on every seed tried (0, 1, 2). One tuning
+truth still picks values at the edge of divergence: on "nonlinear" the ETKF's ρ = 1.04 tracks the
+tuning truth and loses the scored one (``results/l96_classical.md``); tuning on several truths
+by the worst RMSE would be the next step.
 
 Reference values on the "all" twin (Sakov & Oke 2008; DAPPER's Lorenz-96 benchmarks): EnKF
 N = 40 ≈ 0.22, ETKF N = 20 ≈ 0.20 with inflation ≈ 1.02, iEnKS ≈ 0.19.
@@ -20,7 +23,7 @@ A method is a function ``(twin, initial_ensemble, generator, **settings) -> Cycl
 (per-cycle analysis means and spreads); add one to ``METHODS`` and a ``Row`` to ``ROWS`` to
 score another (e.g. SLAMS with the model as its forecast).
 
-    python benchmarks/l96.py            # ~17 min on one CPU thread
+    python benchmarks/l96.py            # 18 min on one CPU thread (1082 s)
     python benchmarks/l96.py --quick    # small grid and short runs, results/l96_quick
 """
 
