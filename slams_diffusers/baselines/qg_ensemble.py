@@ -12,7 +12,8 @@ ensemble mean. The members are forecast ``τ`` to the window's first step and cy
 window: at step ``t`` the PV members are analysed with the observations of that step
 (``time_index = t``) and the forward map ``H = A ∘ T(q)``, ``T`` the model's temperature diagnostic
 (affine in ``q``); the analyses are forecast one snapshot interval (6 h) to step ``t + 1``. The
-analysis at step ``t`` uses the observations up to ``t`` only (a filter, not a smoother).
+analysis at step ``t`` uses the observations up to ``t`` only (a filter, not a smoother). The loop
+is :func:`~slams_diffusers.baselines.cycling.cycle_ensemble_filter` with the model's ``run``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor
 from ..data.qg import QGConfig, QGModel
 from ..observations import Observation, check_observations
 from ..validation import as_int
-from .enkf import letkf, stochastic_enkf
+from .cycling import cycle_ensemble_filter
 
 __all__ = ["case_generator", "cycle_ensemble", "forecast_ensemble", "qg_ensemble_filter"]
 
@@ -108,23 +109,25 @@ def cycle_ensemble(
             f"{tuple(getattr(ensemble, 'shape', ()))}"
         )
     observations = check_observations(observations, steps=window)
-    q = ensemble.to(device=model.device, dtype=model.dtype)
-    analyses, forecasts = [], []
-    for step in range(window):
-        if step > 0:
-            q = model.run(q, interval_steps)
-        forecasts.append(model.temperature(q))
-        now = [o for o in observations if o.time_index == step]
-        options: dict[str, Any] = dict(
-            inflation=inflation, localization_radius=localization_radius, periodic=True
-        )
-        if method == "letkf":
-            q = letkf(q, now, model.temperature, **options)
-        else:
-            q = stochastic_enkf(q, now, model.temperature, generator=generator, **options)
-        analyses.append(model.temperature(q))
-    analysis = torch.stack(analyses, dim=1)
-    return (analysis, torch.stack(forecasts, dim=1)) if return_forecasts else analysis
+    result = cycle_ensemble_filter(
+        model.run,
+        ensemble.to(device=model.device, dtype=model.dtype),
+        [[o for o in observations if o.time_index == step] for step in range(window)],
+        interval_steps,
+        method=method,
+        inflation=inflation,
+        localization_radius=localization_radius,
+        periodic=True,
+        operator=model.temperature,
+        generator=generator,
+        return_ensembles=True,
+    )
+
+    def temperature(members: Tensor) -> Tensor:  # (N, T, *PV) -> (N, T, levels, ny, nx)
+        return torch.stack([model.temperature(q) for q in members.unbind(1)], dim=1)
+
+    analysis = temperature(result.analyses)
+    return (analysis, temperature(result.forecasts)) if return_forecasts else analysis
 
 
 def case_generator(seed: int, trajectory: int, start: int) -> torch.Generator:

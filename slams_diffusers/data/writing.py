@@ -164,12 +164,22 @@ def to_store(
 
     Returns:
         ``path`` as a string.
+
+    Raises:
+        ValueError: an existing ``path``, ``dims`` that do not fit, bad ``split`` labels, or a
+            ``name`` that is also a dimension or coordinate (``"x"``, ``"time"``, ``"split"``…).
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"`path` {path!r} exists; pass overwrite=True to replace it.")
     array = open_store(_as_data_array(data, dims, name, attrs, coords))
     array = label_split(array, split, gap)
+    taken = sorted({str(d) for d in array.dims} | {str(c) for c in array.coords})
+    if str(array.name) in taken:
+        raise ValueError(
+            f"`name`={str(array.name)!r} is also the name of a dimension or coordinate of the "
+            f"store {taken}; expected a variable name that is none of them, e.g. 'u' or 'state'."
+        )
     if "split" in array.coords:
         array = array.assign_coords(
             split=(split_dim(array), split_labels(array), array.coords["split"].attrs)
