@@ -37,8 +37,10 @@ from dataclasses import dataclass
 import torch
 from _common import machine, write
 
+from slams_diffusers import SLAMSFilter, SLAMSPipeline
 from slams_diffusers.baselines.cycling import CyclingResult, cycle_ensemble_filter
 from slams_diffusers.data.l96_twin import L96_TWINS, L96Twin, l96_twin
+from slams_diffusers.metrics import ensemble_spread
 
 INFLATIONS = (1.0, 1.02, 1.04, 1.07, 1.1, 1.15)
 RADII = (4.0, 7.0, 12.0)
@@ -75,6 +77,49 @@ def classical(method: str) -> Callable[..., CyclingResult]:
             operator=twin.operator,
             generator=generator,
         )
+
+    return run
+
+
+def slams(pipeline_path: str, lag: int = 0, **options) -> Callable[..., CyclingResult]:
+    """The method function of :class:`~slams_diffusers.SLAMSFilter` with the pipeline at
+    ``pipeline_path`` and the twin's model as forecast: the filter's analyses (``lag = 0``) or
+    the smoothed ones (``lag > 0``; the last ``lag`` cycles keep their latest analysis)."""
+    cache: dict[str, SLAMSPipeline] = {}
+
+    def run(
+        twin: L96Twin,
+        ensemble: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        inflation: float = 1.0,
+        localization_radius: float | None = None,
+    ) -> CyclingResult:
+        if pipeline_path not in cache:
+            cache[pipeline_path] = SLAMSPipeline.from_pretrained(pipeline_path)
+            cache[pipeline_path].set_progress_bar_config(disable=True)
+        pipe = cache[pipeline_path]
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+        filter_ = SLAMSFilter(
+            pipe,
+            twin.model,
+            ensemble.to(pipe.dtype),
+            steps_per_cycle=twin.config.interval,
+            lag=lag,
+            localization_radius=localization_radius,
+            periodic=True,
+            covariance_inflation=inflation,
+            seed=seed,
+            **options,
+        )
+        members = {}
+        for out in filter_.cycles(twin.observations):
+            members[out.cycle] = out.analysis
+            if out.smoothed is not None:
+                members[out.cycle - lag] = out.smoothed
+        stacked = torch.stack([members[k] for k in range(len(members))], dim=1).double()
+        spreads = torch.stack([ensemble_spread(stacked[:, k]) for k in range(stacked.shape[1])])
+        return CyclingResult(stacked.mean(dim=0), spreads)
 
     return run
 
