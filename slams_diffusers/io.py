@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .data.stores import CELSIUS_UNITS, DIM_ALIASES, open_store
+from .data.stores import CELSIUS_UNITS, DIM_ALIASES, find_variable, open_store
 from .observations import Observation, Satellite, Stations
 
 __all__ = [
@@ -46,12 +46,16 @@ __all__ = [
     "member_generators",
     "open_dataset",
     "read_analysis",
+    "cycle_times",
     "read_background",
+    "read_initial_ensemble",
     "read_satellite",
     "read_stations",
     "satellite_dataset",
+    "satellite_times",
     "split_windows",
     "station_table",
+    "station_times",
     "window_observations",
     "write_analysis",
 ]
@@ -143,6 +147,54 @@ def _original_dim_names(variable: xr.DataArray) -> dict[str, str]:
     return names
 
 
+def _checked_levels_and_units(
+    data: xr.DataArray, levels: Sequence[float] | None, where: str
+) -> xr.DataArray:
+    """The checks every state file gets (a canonical array, :func:`open_store`'s layout): the
+    pipeline's ``levels`` selected, no °C units, strictly monotonic levels."""
+    if levels is not None and "level" not in data.coords:
+        if data.sizes["level"] != len(levels):
+            raise ValueError(
+                f"{where}: has {data.sizes['level']} level(s) and no level coordinate; expected "
+                f"the pipeline's {len(levels)} levels {list(levels)} hPa"
+            )
+    elif levels is not None:
+        try:
+            data = open_store(data, levels=levels)
+        except ValueError as error:
+            raise ValueError(
+                f"{where}: does not have the levels the pipeline was trained on: "
+                f"{_first_line(error)}"
+            ) from error
+    units = str(data.attrs.get("units", "K")).strip()
+    if units in CELSIUS_UNITS:
+        raise ValueError(
+            f"{where}: variable {data.name!r} is in {units!r}; expected K (add 273.15)"
+        )
+    if "level" in data.coords and data.sizes["level"] > 1:
+        found = np.asarray(data.coords["level"].values, dtype=float)
+        steps = np.diff(found)
+        if not (np.all(steps > 0) or np.all(steps < 0)):
+            raise ValueError(
+                f"{where}: levels {found.tolist()} are not strictly monotonic; expected each "
+                "level once, in order"
+            )
+    return data
+
+
+def _loaded_complete(data: xr.DataArray, where: str, expected: str) -> xr.DataArray:
+    """``data`` as float32, loaded; ``ValueError`` naming the first NaN or inf."""
+    data = data.astype(np.float32).load()
+    bad = ~np.isfinite(data.values)
+    if bad.any():
+        first = dict(zip(map(str, data.dims), np.argwhere(bad)[0].tolist(), strict=True))
+        raise ValueError(
+            f"{where}: {int(bad.sum())} NaN or inf values (first at index {first}); expected "
+            f"{expected}"
+        )
+    return data
+
+
 def read_background(
     path: str | os.PathLike,
     *,
@@ -196,43 +248,197 @@ def read_background(
             f"{where}: variable {data.name!r} has dims {tuple(map(str, data.dims))}; expected "
             "(time, level, y?, x?) (a pipeline's state has levels)"
         )
-    if levels is not None and "level" not in data.coords:
-        if data.sizes["level"] != len(levels):
-            raise ValueError(
-                f"{where}: has {data.sizes['level']} level(s) and no level coordinate; expected "
-                f"the pipeline's {len(levels)} levels {list(levels)} hPa"
-            )
-    elif levels is not None:
-        try:
-            data = open_store(data, levels=levels)
-        except ValueError as error:
-            raise ValueError(
-                f"{where}: does not have the levels the pipeline was trained on: "
-                f"{_first_line(error)}"
-            ) from error
-    units = str(data.attrs.get("units", "K")).strip()
-    if units in CELSIUS_UNITS:
-        raise ValueError(
-            f"{where}: variable {data.name!r} is in {units!r}; expected K (add 273.15)"
-        )
-    if "level" in data.coords and data.sizes["level"] > 1:
-        found = np.asarray(data.coords["level"].values, dtype=float)
-        steps = np.diff(found)
-        if not (np.all(steps > 0) or np.all(steps < 0)):
-            raise ValueError(
-                f"{where}: levels {found.tolist()} are not strictly monotonic; expected each "
-                "level once, in order"
-            )
-    data = data.astype(np.float32).load()
-    values = data.values
-    bad = ~np.isfinite(values)
-    if bad.any():
-        first = dict(zip(map(str, data.dims), np.argwhere(bad)[0].tolist(), strict=True))
-        raise ValueError(
-            f"{where}: {int(bad.sum())} NaN or inf values (first at index {first}); expected a "
-            "complete background"
-        )
+    data = _checked_levels_and_units(data, levels, where)
+    data = _loaded_complete(data, where, "a complete background")
     return BackgroundFile(data=data, dim_names=dim_names, attrs=dict(dataset.attrs))
+
+
+# ------------------------------------------------------------------------ initial ensemble
+#: The dims an initial ensemble's variable may have (the file's names, before mapping).
+_ENSEMBLE_DIMS = {"member", *(n for c, a in DIM_ALIASES.items() for n in (c, *a))}
+
+
+def read_initial_ensemble(
+    path: str | os.PathLike,
+    *,
+    variable: str | None = None,
+    levels: Sequence[float] | None = None,
+    argument: str = "--initial",
+) -> BackgroundFile:
+    """Read and check the initial ensemble of a cycled assimilation (``slams cycle``): one
+    variable with dims ``(member, level, *space)`` (a ``time`` dim of size 1, or a scalar
+    ``time`` coordinate, gives its time), read and checked as :func:`read_background` reads a
+    background (dim names, level coordinate in hPa, units, the pipeline's ``levels``, no NaN).
+
+    Returns:
+        a :class:`BackgroundFile` whose ``data`` is ``(member, level, *space)``, float32, loaded,
+        with the scalar ``time`` coordinate when the file gives one.
+    """
+    source = check_input_file(path, argument)
+    dataset = open_dataset(source, argument)
+    where = f"{argument} {str(source)!r}"
+    try:
+        array = find_variable(dataset, variable)
+    except ValueError as error:
+        if variable is not None:
+            raise ValueError(f"{where}: {_first_line(error)}") from error
+        found = list(dataset.data_vars.values())
+        ensembles = [a for a in found if "member" in a.dims]
+        if len(ensembles) != 1 and len(found) != 1:
+            raise ValueError(
+                f"{where}: found variables {sorted(map(str, dataset.data_vars))}; expected one "
+                "with a 'member' dim (or pass --variable NAME)"
+            ) from error
+        array = (ensembles or found)[0]
+    dims = tuple(map(str, array.dims))
+    unknown = [d for d in dims if d not in _ENSEMBLE_DIMS]
+    if "member" not in dims or unknown:
+        raise ValueError(
+            f"{where}: variable {array.name!r} has dims {dims}; expected (member, level, y?, x?) "
+            "(the members along a 'member' dim; latitude/lat, longitude/lon, plev ... as in a "
+            "background)"
+        )
+    times = [d for d in ("time", *DIM_ALIASES["time"]) if d in dims]
+    if times and array.sizes[times[0]] != 1:
+        raise ValueError(
+            f"{where}: has {array.sizes[times[0]]} times; expected the initial ensemble at one "
+            "time (a time dim of size 1 or a scalar time coordinate)"
+        )
+    dim_names = _original_dim_names(array)
+    if not times:
+        array = array.expand_dims("time")  # a scalar time coordinate becomes the dim's value
+    # open_store's canonical layout (trajectory?, time, level, *space) with the members as its
+    # trajectories: the dims are mapped and checked exactly as a background's
+    try:
+        data = open_store(array.rename(member="trajectory"))
+    except ValueError as error:
+        raise ValueError(f"{where}: {_first_line(error)}") from error
+    data = _checked_levels_and_units(data, levels, where)
+    data = data.isel(time=0).rename(trajectory="member")
+    if "time" in data.coords and data.coords["time"].ndim != 0:
+        data = data.drop_vars("time")
+    if data.sizes["member"] < 2:
+        raise ValueError(
+            f"{where}: has {data.sizes['member']} member; expected at least 2 (the forecast "
+            "covariance is the members' spread)"
+        )
+    data = _loaded_complete(data, where, "complete initial members")
+    return BackgroundFile(data=data, dim_names=dim_names, attrs=dict(dataset.attrs))
+
+
+# ------------------------------------------------------------------------ cycle times
+def _time_values(values: Any, where: str) -> np.ndarray:
+    """Times as ``datetime64[ns]`` (dates, or strings that parse as dates) or ``float64``."""
+    values = np.asarray(values)
+    if values.dtype.kind == "M":
+        out = values.astype("datetime64[ns]")
+    elif values.dtype.kind in "fiu":
+        out = values.astype(np.float64)
+    else:
+        import pandas as pd
+
+        try:
+            out = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{where}: time values like {values[:1].tolist()} are neither numbers nor dates"
+            ) from error
+    if np.isnan(out).any():
+        raise ValueError(f"{where}: has missing (NaN / NaT) times; expected a time on every row")
+    return out
+
+
+def station_times(path: str | os.PathLike, *, argument: str = "--stations") -> np.ndarray:
+    """The distinct times of a station table's ``time`` column, sorted (``datetime64[ns]`` or
+    ``float64``)."""
+    source = check_input_file(path, argument)
+    where = f"{argument} {str(source)!r}"
+    table = _read_table(source, where)
+    if "time" not in set(map(str, table.columns)):
+        raise ValueError(f"{where}: no column 'time'; found {sorted(map(str, table.columns))}")
+    if len(table) == 0:
+        raise ValueError(f"{where}: has no rows")
+    return np.unique(_time_values(table["time"].to_numpy(), where))
+
+
+def satellite_times(path: str | os.PathLike, *, argument: str = "--satellite") -> np.ndarray:
+    """The times of a satellite file's ``radiance``, sorted (``datetime64[ns]`` or ``float64``)."""
+    source = check_input_file(path, argument)
+    where = f"{argument} {str(source)!r}"
+    dataset = open_dataset(source, argument)
+    if "radiance" not in dataset.data_vars or "time" not in dataset["radiance"].coords:
+        raise ValueError(
+            f"{where}: no variable 'radiance' with a time coordinate; found "
+            f"{sorted(map(str, dataset.data_vars))}"
+        )
+    return np.unique(_time_values(dataset["radiance"].coords["time"].values, where))
+
+
+def cycle_times(
+    sources: Mapping[str, np.ndarray], start: Any = None, *, start_where: str = "--initial"
+) -> tuple[np.ndarray, Any]:
+    """The cycles of a cycled assimilation from the observation times: a regular grid
+    ``t0 + k Δ`` from ``start`` (the initial ensemble's time; default the first observation
+    time) to the last observation time, ``Δ`` the smallest gap between the times; cycles between
+    observed times have no observations.
+
+    Args:
+        sources: ``{where: times}``, the times of each observation file (``where`` names the
+            file in errors), from :func:`station_times` / :func:`satellite_times`.
+        start: the time of the initial ensemble, or ``None``.
+        start_where: names ``start`` in errors.
+
+    Returns:
+        ``(times, interval)``: the cycle times (``datetime64[ns]`` or ``float64``; an observed
+        time is kept exactly), ``Δ`` (``None`` for a single cycle).
+
+    Raises:
+        ValueError: dates mixed with numbers, an observation before ``start``, or an observation
+        time that is not a whole number of intervals after ``t0``.
+    """
+    named = {where: _time_values(times, where) for where, times in sources.items()}
+    if start is not None:
+        named = {start_where: _time_values(np.atleast_1d(start), start_where), **named}
+    kinds = {where: times.dtype.kind for where, times in named.items()}
+    if len(set(kinds.values())) > 1:
+        found = ", ".join(f"{w}: {'dates' if k == 'M' else 'numbers'}" for w, k in kinds.items())
+        raise ValueError(f"times: dates mixed with numbers ({found}); expected one kind")
+    dates = next(iter(kinds.values())) == "M"
+    as_number = (lambda t: t.view("int64")) if dates else (lambda t: t)
+    values = {where: as_number(times) for where, times in named.items()}
+    everything = np.unique(np.concatenate(list(values.values())))
+    t0 = values[start_where][0] if start is not None else everything[0]
+    for where, times in values.items():
+        if (times < t0).any():
+            first = named[where][np.argmax(times < t0)]
+            raise ValueError(
+                f"{where}: time {first} is before the initial ensemble's time "
+                f"{named[start_where][0]}; expected observations at or after it"
+            )
+    tolerance = 0 if dates else 1e-9 * max(1.0, float(np.abs(everything).max()))
+    distinct = everything[np.concatenate([[True], np.diff(everything) > tolerance])]
+    if distinct.size == 1:
+        return named[start_where if start is not None else next(iter(named))][:1], None
+    interval = np.diff(distinct).min()
+    grid = np.rint((distinct - t0) / interval).astype(np.int64)
+    cycles = int(grid.max()) + 1
+    times = t0 + np.arange(cycles) * interval
+    if dates:
+        times = times.astype(np.int64)
+    for where, observed in values.items():
+        steps = (observed - t0) / interval
+        off = np.abs(steps - np.rint(steps)) > (0 if dates else 1e-6)
+        if off.any():
+            shown = np.timedelta64(int(interval), "ns") if dates else interval
+            raise ValueError(
+                f"{where}: time {named[where][np.argmax(off)]} is not a whole number of cycle "
+                f"intervals ({shown}, the smallest gap between the times) after the first cycle "
+                f"{(t0.astype('datetime64[ns]') if dates else t0)}; expected evenly spaced cycles"
+            )
+        times[np.rint(steps).astype(np.int64)] = observed
+    if dates:
+        return times.astype("datetime64[ns]"), np.timedelta64(int(interval), "ns")
+    return times.astype(np.float64), float(interval)
 
 
 # ------------------------------------------------------------------------ coordinates
