@@ -3,6 +3,8 @@
     slams demo                          # assimilate a fresh testbed window, offline
     slams assimilate --background xb.nc --stations st.csv --satellite sat.nc \\
         --background-error-std 1.0 --out analysis.nc
+    slams cycle --pipeline my-l96-pipeline --model l96 --initial initial.nc \\
+        --stations obs.csv --steps-per-cycle 5 --out analyses.nc
     slams evaluate --analysis analysis.nc --truth truth.nc
     slams train --data my_data.zarr     # the two accelerate commands of training
     slams simulate qg --out data/qg-default.zarr
@@ -308,6 +310,269 @@ def _plot_analysis(dataset, background, observations, path: Path) -> None:
         level_names=level_names,
         path=path,
     )
+
+
+# ------------------------------------------------------------------------------ cycle
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _import_forecast_model(spec: str):
+    """The user's forecast callable from ``module:callable`` (``module`` found on ``sys.path``
+    or in the current folder). Importing it runs the user's module."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"--model {spec!r}: expected 'l96' or a Python import path module:callable "
+            "(e.g. mymodel:forecast)"
+        )
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may raise anything on import
+        raise ValueError(
+            f"--model {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error}); "
+            "expected a module on PYTHONPATH or in the current folder"
+        ) from error
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    model = module
+    for part in attribute.split("."):
+        if not hasattr(model, part):
+            raise ValueError(
+                f"--model {spec!r}: {module_name!r} has no attribute {attribute!r}; expected "
+                "a forecast callable (states, steps) -> states"
+            )
+        model = getattr(model, part)
+    if not callable(model):
+        raise ValueError(
+            f"--model {spec!r}: is a {type(model).__name__}, not callable; expected a forecast "
+            "callable (states, steps) -> states"
+        )
+    return model
+
+
+def _forecast_model(args: argparse.Namespace, initial):
+    """The forecast model of ``--model``: ``l96`` (Lorenz-96 on the initial file's ring) or the
+    user's ``module:callable``."""
+    if args.model == "l96":
+        from .data.lorenz96 import Lorenz96
+
+        dims = tuple(map(str, initial.data.dims))
+        if initial.spatial_dims != ("x",) or initial.data.sizes["level"] != 1:
+            raise ValueError(
+                f"--model l96: the Lorenz-96 ring is one level along x; --initial "
+                f"{args.initial!r} has dims {dims} of sizes {tuple(initial.data.shape)}; "
+                "expected (member, level = 1, x)"
+            )
+        try:
+            return Lorenz96(
+                num_variables=initial.data.sizes["x"],
+                forcing=8.0 if args.forcing is None else args.forcing,
+                dt=0.01 if args.dt is None else args.dt,
+            )
+        except ValueError as error:
+            raise ValueError(f"--model l96: {error}") from error
+    for name in ("forcing", "dt"):
+        if getattr(args, name) is not None:
+            raise ValueError(
+                f"--{name}: sets the Lorenz-96 model (--model l96); --model {args.model!r} takes "
+                "its own parameters"
+            )
+    return _import_forecast_model(args.model)
+
+
+def _cycle(args: argparse.Namespace) -> int:
+    """Cycle forecast -> assimilate over the observation files' times (``SLAMSFilter``)."""
+    import numpy as np
+    import torch
+    import xarray as xr
+
+    from .cycling import SLAMSFilter
+    from .data.writing import to_xarray
+    from .forecast import run_forecast
+    from .io import (
+        BackgroundFile,
+        check_input_file,
+        check_output_file,
+        cycle_times,
+        read_initial_ensemble,
+        read_satellite,
+        read_stations,
+        satellite_times,
+        station_times,
+        write_analysis,
+    )
+    from .pipelines.outputs import DEFAULT_ATTRS
+
+    start = time.perf_counter()
+    out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
+    for name in ("initial", "stations", "satellite"):
+        if getattr(args, name) is not None:
+            check_input_file(getattr(args, name), f"--{name}")
+    if args.stations is None and args.satellite is None:
+        raise ValueError(
+            "--stations / --satellite: none given; expected at least one observation file (the "
+            "cycles are its times)"
+        )
+    state = _process_state()
+    if state.num_processes > 1:
+        raise ValueError(
+            f"slams cycle: {state.num_processes} processes; expected one (cycles run in "
+            "sequence), without accelerate launch"
+        )
+    pipe = _load_pipeline(args.pipeline, state.device, args.progress)
+    initial = read_initial_ensemble(
+        args.initial, variable=args.variable, levels=pipe.autoencoder.config.get("levels_hpa")
+    )
+    data = initial.data
+    where = f"--initial {args.initial!r}"
+    if data.sizes["level"] != pipe.levels or len(initial.spatial_dims) != pipe.spatial_dims:
+        raise ValueError(
+            f"{where}: states of {data.sizes['level']} level(s) over {initial.spatial_dims}; "
+            f"expected the pipeline's {pipe.levels} level(s) over {pipe.spatial_dims} spatial "
+            "dim(s)"
+        )
+    available = data.sizes["member"]
+    members = available if args.members is None else args.members
+    if members > available:
+        raise ValueError(f"--members: {members}; {where} has {available} members, at most those")
+    model = _forecast_model(args, initial)
+    choice = "x" if args.periodic == "auto" and args.model == "l96" else args.periodic
+    periodic = _periodic(choice, pipe, initial.spatial_dims)
+
+    # cycles: the observation files' times on a regular grid from the initial time
+    sources = {}
+    if args.stations:
+        sources[f"--stations {args.stations!r}"] = station_times(args.stations)
+    if args.satellite:
+        sources[f"--satellite {args.satellite!r}"] = satellite_times(args.satellite)
+    initial_time = data.coords["time"].values if "time" in data.coords else None
+    times, interval = cycle_times(sources, initial_time, start_where=where)
+    if isinstance(interval, np.timedelta64):
+        import pandas as pd
+
+        interval = pd.Timedelta(interval)  # "0 days 06:00:00" in the file, not nanoseconds
+    time_attrs = dict(data.coords["time"].attrs) if "time" in data.coords else {}
+    template = data.mean("member").drop_vars("time", errors="ignore").expand_dims(time=times)
+    template = template.assign_coords(time=("time", times, time_attrs))
+    grid = BackgroundFile(data=template, dim_names=initial.dim_names, attrs=initial.attrs)
+    observations = []
+    if args.stations:
+        observations += read_stations(args.stations, grid, periodic=periodic)
+    if args.satellite:
+        observations += read_satellite(args.satellite, grid, error=args.satellite_error)
+    per_cycle = [[o for o in observations if o.time_index == k] for k in range(len(times))]
+
+    ensemble = torch.from_numpy(np.ascontiguousarray(data.values[:members])).to(pipe.device)
+    label = f"--model {args.model!r}"
+    try:  # one step on two members: a wrong model stops here, before any assimilation
+        run_forecast(model, ensemble[:2].clone(), 1, name=label)
+    except ValueError:
+        raise
+    except Exception as error:  # the user's model may raise anything
+        raise ValueError(
+            f"{label}: raised {type(error).__name__}: {error} on a 1-step forecast of 2 members "
+            f"{tuple(ensemble[:2].shape)}; expected (states, steps) -> states"
+        ) from error
+    filter_ = SLAMSFilter(
+        pipe,
+        model,
+        ensemble,
+        steps_per_cycle=args.steps_per_cycle,
+        lag=args.lag,
+        localization_radius=args.localization_radius,
+        periodic=periodic,
+        covariance_inflation=args.inflation,
+        seed=args.seed,
+        num_inference_steps=args.num_inference_steps,
+    )
+    analyses, forecasts, smoothed = [], [], [None] * len(times)
+    for k, cycle_observations in enumerate(per_cycle):
+        pipe.set_progress_bar_config(disable=not args.progress, desc=f"cycle {k + 1}/{len(times)}")
+        try:
+            output = filter_.step(cycle_observations)
+        except ValueError as error:
+            text = str(error)
+            if not text.startswith("forecast_model:"):
+                raise
+            raise ValueError(f"{label}: cycle {k}: {text.split(':', 1)[1].strip()}") from error
+        analyses.append(output.analysis.cpu())
+        forecasts.append(output.forecast.cpu())
+        if output.smoothed is not None:
+            smoothed[k - args.lag] = output.smoothed.cpu()
+
+    # the file: slams assimilate's layout (member, time, level, *space), a cycle per time
+    attrs = dict(data.attrs)
+    if "units" not in attrs:  # read as K, as a background without units is
+        attrs = {**DEFAULT_ATTRS, **attrs}
+    name = str(attrs.get("long_name", data.name))
+    template.attrs = attrs
+    template = template.rename(None).assign_coords(cycle=("time", np.arange(len(times))))
+    dataset = xr.Dataset()
+
+    def add(prefix: str, stack: torch.Tensor, what: str) -> None:
+        values = stack.double().numpy()
+        dataset[f"{prefix}members"] = to_xarray(
+            values.astype(np.float32), template, leading_dims=("member",)
+        ).assign_coords(member=np.arange(members))
+        dataset[f"{prefix}mean"] = to_xarray(values.mean(0).astype(np.float32), template)
+        dataset[f"{prefix}std"] = to_xarray(
+            values.std(0, ddof=1).astype(np.float32), template
+        ).assign_attrs(long_name=f"ensemble spread of {name}")
+        for suffix in ("members", "mean"):
+            dataset[f"{prefix}{suffix}"].attrs["long_name"] = f"{what}{name}"
+
+    add("", torch.stack(analyses, dim=1), "")
+    add("forecast_", torch.stack(forecasts, dim=1), "forecast (background) of ")
+    del dataset["forecast_members"]
+    if args.lag:
+        missing = torch.full_like(analyses[0], float("nan"))
+        stack = torch.stack([missing if s is None else s for s in smoothed], dim=1)
+        add("smoothed_", stack, f"lag-{args.lag} smoothed ")
+    command = "slams cycle " + " ".join(map(shlex.quote, args.argv))
+    history = str(initial.attrs.get("history", "")).strip()
+    stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {command}"
+    extra = {
+        "history": f"{history}\n{stamp}" if history else stamp,
+        "slams_pipeline": str(args.pipeline),
+        "slams_model": args.model,
+        "slams_members": members,
+        "slams_num_inference_steps": args.num_inference_steps,
+        "slams_seed": args.seed,
+        "slams_steps_per_cycle": args.steps_per_cycle,
+        "slams_lag": args.lag,
+        "slams_inflation": args.inflation,
+        "slams_cycles": len(times),
+        "slams_cycle_interval": str(interval) if interval is not None else "",
+    }
+    if args.localization_radius is not None:
+        extra["slams_localization_radius"] = args.localization_radius
+    write_analysis(dataset, out, background=initial, overwrite=args.overwrite, attrs=extra)
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "cycles": len(times),
+                "cycle_interval": str(interval) if interval is not None else None,
+                "members": members,
+                "observations": len(observations),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
+    return 0
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -829,6 +1094,64 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="replace existing output files")
     add("--no-progress", dest="progress", action="store_false")
     assimilate.set_defaults(run=_assimilate)
+
+    cycle = commands.add_parser(
+        "cycle",
+        help="cycled assimilation: forecast the ensemble, assimilate each time of the "
+        "observation files, repeat; write every cycle's analysis",
+        description="Cycle forecast -> assimilate with SLAMSFilter (docs/method.md, Cycling). The "
+        "cycles are the observation files' times on a regular grid: from the initial ensemble's "
+        "time (else the first observation time) to the last observation time, one cycle every "
+        "smallest gap between the times (cycles in between have no observations). The forecast "
+        "model advances the members --steps-per-cycle model steps from one cycle to the next. "
+        "--model module:callable imports and runs your own Python code (your forecast model).",
+    )
+    add = cycle.add_argument
+    add("--pipeline", required=True, help="pipeline folder or Hub id")
+    add(
+        "--model",
+        required=True,
+        help="the forecast model: l96 (Lorenz-96 on the initial file's ring) or module:callable, "
+        "your own (states (members, level, *space), steps) -> states; importing it runs your code",
+    )
+    add("--forcing", type=float, default=None, help="--model l96: F (default 8)")
+    add("--dt", type=_positive_float, default=None, help="--model l96: RK4 step (default 0.01)")
+    add(
+        "--initial",
+        required=True,
+        help="netCDF / zarr: the forecast members of the first cycle (member, level, y?, x?)",
+    )
+    add("--variable", default=None, help="the initial file's variable (default: guessed)")
+    add("--stations", default=None, help="CSV / Parquet, as slams assimilate reads (with time)")
+    add("--satellite", default=None, help="netCDF, as slams assimilate reads (with time)")
+    add("--satellite-error", type=_positive_float, default=None, help="if the file has none")
+    add(
+        "--steps-per-cycle",
+        type=_positive_int,
+        required=True,
+        help="forecast-model steps from one cycle to the next",
+    )
+    add("--lag", type=_nonnegative_int, default=0, help="0: the filter; L: also smooth L back")
+    add(
+        "--localization-radius",
+        type=_positive_float,
+        default=None,
+        help="Gaspari-Cohn half-width of the forecast covariance, grid cells (default: none)",
+    )
+    add("--inflation", type=_positive_float, default=1.0, help="covariance inflation rho")
+    add(
+        "--periodic",
+        choices=["auto", "none", "x", "y", "xy"],
+        default="auto",
+        help="axes that wrap (auto: x for l96, else x if the pipeline's models are periodic)",
+    )
+    add("--members", type=_positive_int, default=None, help="default: the initial file's")
+    add("--num-inference-steps", type=_positive_int, default=32)
+    add("--seed", type=_nonnegative_int, default=0, help="cycle k, member m draw from (seed, k, m)")
+    add("--out", required=True, help="the analyses file (.nc)")
+    add("--overwrite", action="store_true", help="replace an existing --out")
+    add("--no-progress", dest="progress", action="store_false")
+    cycle.set_defaults(run=_cycle)
 
     evaluate = commands.add_parser(
         "evaluate", help="score an analysis file against a truth file, per level"
