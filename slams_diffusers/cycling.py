@@ -40,6 +40,7 @@ from torch import Tensor
 from .ensemble import ensemble_covariance
 from .forecast import ForecastModel, run_forecast
 from .observations import Background, Observation, check_observations
+from .seeding import member_generators
 from .validation import as_int, finite_float
 
 __all__ = ["CycleOutput", "SLAMSFilter"]
@@ -168,15 +169,6 @@ class SLAMSFilter:
         return self._forecasts[-1]
 
     # ------------------------------------------------------------------ cycling
-    def _generators(self) -> list[torch.Generator]:
-        device = self.pipeline.device
-        return [
-            torch.Generator(device).manual_seed(
-                (self.seed * 1_000_003 + self.cycle) * 65_537 + member
-            )
-            for member in range(self.num_members)
-        ]
-
     def step(self, observations: Observation | Sequence[Observation] = ()) -> CycleOutput:
         """Assimilate the observations of the next cycle (one time; their ``time_index`` is
         ignored) and forecast the analysis to the cycle after it."""
@@ -213,7 +205,9 @@ class SLAMSFilter:
             observations=window,
             num_frames=frames,
             num_members=self.num_members,
-            generator=self._generators(),
+            generator=member_generators(
+                self.seed, self.cycle, self.num_members, self.pipeline.device
+            ),
             output_type="pt",
             **self.pipeline_kwargs,
         )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .observations import Observation, check_observations
+from .seeding import member_generators
 from .validation import as_int
 
 __all__ = ["record_windows", "smooth_record"]
@@ -117,16 +118,12 @@ def smooth_record(
             for offset in range(length)
             for o in records[start + offset]
         ]
-        generators = [
-            torch.Generator(pipeline.device).manual_seed((seed * 1_000_003 + index) * 65_537 + m)
-            for m in range(num_members)
-        ]
         out = pipeline(
             background=None if background is None else background[start : start + length],
             observations=in_window,
             num_frames=length,
             num_members=num_members,
-            generator=generators,
+            generator=member_generators(seed, index, num_members, pipeline.device),
             output_type="pt",
             **pipeline_kwargs,
         )
