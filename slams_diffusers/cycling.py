@@ -34,14 +34,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from torch import Tensor
 
 from .ensemble import ensemble_covariance
 from .forecast import ForecastModel, run_forecast
+from .models.level_normalizer import LevelNormalizer
 from .observations import Background, Observation, check_observations
 from .seeding import member_generators
 from .validation import as_int, finite_float
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["CycleOutput", "SLAMSFilter"]
 
@@ -151,6 +154,7 @@ class SLAMSFilter:
         # the forecasts of cycles cycle - lag … cycle, the observations of cycle - lag … cycle - 1
         self._forecasts: list[Tensor] = [initial_ensemble.detach().clone()]
         self._observations: list[list[Observation]] = []
+        self._floor_warned = False
         ensemble_covariance(  # checks the covariance options now rather than at the first cycle
             initial_ensemble,
             localization_radius=localization_radius,
@@ -190,6 +194,7 @@ class SLAMSFilter:
             inflation=self.covariance_inflation,
             static=self.static_covariance,
         )
+        self._check_floor(forecast.mean(dim=0), covariance)
         background = Background(
             values=forecast.mean(dim=0),
             noise_std=covariance.variance().sqrt().to(forecast),
@@ -224,6 +229,28 @@ class SLAMSFilter:
         self._forecasts = self._forecasts[-(len(self._observations) + 1) :]
         self.cycle += 1
         return output
+
+    def _check_floor(self, background: Tensor, covariance: Any) -> None:
+        """Warn (once) when the autoencoder's error on the forecast mean, ``|D(E(x̄_f)) − x̄_f|``
+        (RMS), exceeds the forecast's own spread ``sqrt(mean diag B)``: the analysis, ``D(z_a)``,
+        is then further from any state than the background is from the truth. A pixel-space
+        prior has no such floor."""
+        if self._floor_warned or isinstance(self.pipeline.autoencoder, LevelNormalizer):
+            return
+        state = background.to(self.pipeline.device, self.pipeline.dtype)[None, None]
+        with torch.no_grad():
+            floor = self.pipeline.decode(self.pipeline.encode(state)) - state
+        floor = float(floor.double().square().mean().sqrt())
+        spread = float(covariance.variance().mean().sqrt())
+        if floor > spread:
+            self._floor_warned = True
+            logger.warning(
+                f"SLAMSFilter cycle {self.cycle}: the autoencoder reconstructs the forecast mean "
+                f"to {floor:.3g} (RMS) but the forecast spread is {spread:.3g}: a latent "
+                "analysis cannot be closer to the truth than its autoencoder, and will be worse "
+                "than the background; cycle with a pixel-space prior (a LevelNormalizer "
+                "pipeline) instead"
+            )
 
     def cycles(self, observations: Iterable[Sequence[Observation]]) -> Iterator[CycleOutput]:
         """``step`` over the observations of successive cycles, yielding each cycle's output."""

@@ -269,3 +269,25 @@ def test_smooth_record_keeps_each_window_interior():
         smooth_record(pipe, observations, length=2)
     with pytest.raises(ValueError, match=r"pipeline_kwargs: \['num_frames'\]"):
         smooth_record(pipe, observations, num_frames=3)
+
+
+def test_a_latent_prior_coarser_than_the_forecast_says_so(caplog):
+    """An untrained autoencoder's floor (RMS ~ the states' spread) is far above a tight forecast's
+    spread (0.01): the filter names both numbers once; a pixel-space prior never warns."""
+    from test_pipeline import tiny_pipeline
+
+    latent = tiny_pipeline(window=1, latent=True, spatial_dims=1)
+    truth = torch.tensor([280.0, 250.0, 220.0])[:, None] + torch.zeros(3, 8)
+    ensemble = truth + 0.01 * torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(0))
+    filter_ = SLAMSFilter(latent, lambda x, n: x, ensemble, num_inference_steps=2)
+    filter_.step([])
+    filter_.step([])
+    messages = [
+        r.getMessage() for r in caplog.records if "autoencoder reconstructs" in r.getMessage()
+    ]
+    assert len(messages) == 1
+    assert "forecast spread is 0.01" in messages[0] and "pixel-space prior" in messages[0]
+    caplog.clear()
+    pixel = tiny_pipeline(window=1, latent=False, spatial_dims=1)
+    SLAMSFilter(pixel, lambda x, n: x, ensemble, num_inference_steps=2).step([])
+    assert not [r for r in caplog.records if "autoencoder reconstructs" in r.getMessage()]
