@@ -1,5 +1,6 @@
-"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline that owns the
-sampling loop (docs/method.md §Sampling); what is not the loop lives in modules of its own."""
+"""SLAMSPipeline: score-based (latent) data assimilation as a diffusers pipeline (docs/method.md
+§Sampling). ``__call__`` reads the inputs (``inputs.py``), assembles the guided ε (``guidance``),
+runs the loop (``sampling.py``) and writes the output (``outputs.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .. import hub
@@ -22,6 +22,7 @@ from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation
 from .inputs import background_observations, check_inputs, problem_grid, read_background
 from .outputs import AssimilationOutput, to_output, warn_non_finite, warn_out_of_range
+from .sampling import sample_latents
 
 
 class SLAMSPipeline(DiffusionPipeline):
@@ -284,39 +285,21 @@ class SLAMSPipeline(DiffusionPipeline):
             cg_iterations,
             climatology_snr,
         )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        batch = member_batch_size or num_members
-        chunks = [
-            range(start, min(start + batch, num_members)) for start in range(0, num_members, batch)
-        ]
-        results = []
-        with self.progress_bar(total=num_inference_steps * len(chunks)) as progress:
-            for chunk in chunks:
-                generators = (
-                    generator[chunk.start : chunk.stop]
-                    if isinstance(generator, list)
-                    else generator
-                )
-                shape = (len(chunk), grid.time, grid.latent_channels, *grid.latent_space)
-                latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-                latents = latents * self.scheduler.init_noise_sigma
-                for step, t in enumerate(self.scheduler.timesteps):
-                    latents = self.scheduler.step(guided(latents, t), t, latents).prev_sample
-                    s = torch.as_tensor(self.scheduler.next_timestep(t), device=device)
-                    for _ in range(corrector_steps):
-                        latents = self.scheduler.step_correct(
-                            guided(latents, s), s, latents, generator=generators, tau=tau
-                        ).prev_sample
-                    if callback_on_step_end is not None:
-                        available = {"latents": latents}
-                        callback_kwargs = {
-                            name: available[name] for name in callback_on_step_end_tensor_inputs
-                        }
-                        returned = callback_on_step_end(self, step, t, callback_kwargs) or {}
-                        latents = returned.get("latents", latents)
-                    progress.update()
-                results.append(latents)
-        latents = torch.cat(results)
+        latents = sample_latents(
+            self,
+            guided,
+            (grid.time, grid.latent_channels, *grid.latent_space),
+            device=device,
+            dtype=dtype,
+            num_members=num_members,
+            num_inference_steps=num_inference_steps,
+            corrector_steps=corrector_steps,
+            tau=tau,
+            member_batch_size=member_batch_size,
+            generator=generator,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
         warn_non_finite(latents)
 
         if output_type == "latent":
