@@ -53,6 +53,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _check_input_files(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Each of the file options ``names`` that is given exists and is readable."""
+    from .io import check_input_file
+
+    for name in names:
+        if getattr(args, name) is not None:
+            check_input_file(getattr(args, name), f"--{name}")
+
+
 # ------------------------------------------------------------------------------ selftest
 def _selftest(args: argparse.Namespace) -> int:
     """Assimilate a linear-Gaussian problem and compare with its exact Kalman posterior."""
@@ -177,7 +186,6 @@ def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, .
 def _assimilate(args: argparse.Namespace) -> int:
     """Assimilate the observation files into the background file, window by window."""
     from .io import (
-        check_input_file,
         check_output_file,
         member_generators,
         read_background,
@@ -191,9 +199,7 @@ def _assimilate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
     plot = check_output_file(args.plot, "--plot", args.overwrite, (".png",)) if args.plot else None
-    for name in ("background", "stations", "satellite"):
-        if getattr(args, name) is not None:
-            check_input_file(getattr(args, name), f"--{name}")
+    _check_input_files(args, ("background", "stations", "satellite"))
     state = _process_state()
     pipe = _load_pipeline(args.pipeline, state.device, args.progress)
     background = read_background(
@@ -404,7 +410,6 @@ def _cycle(args: argparse.Namespace) -> int:
     from .forecast import run_forecast
     from .io import (
         BackgroundFile,
-        check_input_file,
         check_output_file,
         cycle_times,
         read_initial_ensemble,
@@ -418,9 +423,7 @@ def _cycle(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
-    for name in ("initial", "stations", "satellite"):
-        if getattr(args, name) is not None:
-            check_input_file(getattr(args, name), f"--{name}")
+    _check_input_files(args, ("initial", "stations", "satellite"))
     if args.stations is None and args.satellite is None:
         raise ValueError(
             "--stations / --satellite: none given; expected at least one observation file (the "
