@@ -30,6 +30,7 @@ score another (e.g. SLAMS with the model as its forecast).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,7 +204,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small grid, short runs")
     parser.add_argument("--name", default=None, help="results/<name>.{json,md}")
     parser.add_argument(
-        "--slams", default=None, help="a pixel-space L96 pipeline: score SLAMS_ROWS instead"
+        "--slams", default=None, help="an L96 pipeline folder: score SLAMS_ROWS instead"
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="only these rows' methods")
+    parser.add_argument("--twins", nargs="+", default=None, help="only these rows' twins")
+    parser.add_argument(
+        "--inflations", nargs="+", type=float, default=None, help="the grid of every row"
     )
     args = parser.parse_args()
     if args.tune_seed == args.seed:
@@ -220,6 +226,12 @@ def main() -> None:
         METHODS["SLAMS smoother (lag 2)"] = slams(args.slams, lag=2, **SLAMS_OPTIONS)
         rows_to_score = SLAMS_ROWS
         name = args.name or "l96_slams"
+    rows_to_score = tuple(
+        dataclasses.replace(row, inflations=tuple(args.inflations)) if args.inflations else row
+        for row in rows_to_score
+        if (args.methods is None or row.method in args.methods)
+        and (args.twins is None or row.twin in args.twins)
+    )
     began = time.perf_counter()
 
     cycles = args.burn_in + args.cycles

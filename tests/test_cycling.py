@@ -271,23 +271,29 @@ def test_smooth_record_keeps_each_window_interior():
         smooth_record(pipe, observations, num_frames=3)
 
 
-def test_a_latent_prior_coarser_than_the_forecast_says_so(caplog):
-    """An untrained autoencoder's floor (RMS ~ the states' spread) is far above a tight forecast's
-    spread (0.01): the filter names both numbers once; a pixel-space prior never warns."""
+def test_an_analysis_worse_than_the_observations_says_so(caplog):
+    """Departures from accurate observations (σ = 0.1) of an untrained latent prior's analysis
+    are many σ: after 10 cycles the filter warns once, with the numbers and its autoencoder's
+    error; the exact Gaussian prior, whose analysis is better than the observations, never."""
     from test_pipeline import tiny_pipeline
 
     latent = tiny_pipeline(window=1, latent=True, spatial_dims=1)
     truth = torch.tensor([280.0, 250.0, 220.0])[:, None] + torch.zeros(3, 8)
-    ensemble = truth + 0.01 * torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(0))
-    filter_ = SLAMSFilter(latent, lambda x, n: x, ensemble, num_inference_steps=2)
-    filter_.step([])
-    filter_.step([])
-    messages = [
-        r.getMessage() for r in caplog.records if "autoencoder reconstructs" in r.getMessage()
+    generator = torch.Generator().manual_seed(0)
+    ensemble = truth + torch.randn(4, 3, 8, generator=generator)
+    observed = [
+        [Stations.simulate(truth, POSITIONS, [0, 1, 2], 0.1, periodic="x", generator=generator)]
+        for _ in range(12)
     ]
+    filter_ = SLAMSFilter(latent, lambda x, n: x, ensemble, num_inference_steps=2)
+    list(filter_.cycles(observed))
+    messages = [r.getMessage() for r in caplog.records if "worse than the obs" in r.getMessage()]
     assert len(messages) == 1
-    assert "forecast spread is 0.01" in messages[0] and "pixel-space prior" in messages[0]
+    assert "cycles 0-9" in messages[0] and "autoencoder reconstructs this analysis" in messages[0]
     caplog.clear()
-    pixel = tiny_pipeline(window=1, latent=False, spatial_dims=1)
-    SLAMSFilter(pixel, lambda x, n: x, ensemble, num_inference_steps=2).step([])
-    assert not [r for r in caplog.records if "autoencoder reconstructs" in r.getMessage()]
+    pipe, _, _ = gaussian_pipeline()
+    truths = truth_run(12, seed=12)
+    initial = (truths[0] + torch.randn(8, 1, CELLS, generator=generator)).double()
+    exact = SLAMSFilter(pipe, shift_model, initial, num_inference_steps=16)
+    list(exact.cycles(cycle_observations(truths, seed=13)))
+    assert not [r for r in caplog.records if "worse than the obs" in r.getMessage()]
