@@ -45,3 +45,26 @@ def test_embedded_pipeline_folder(name, monkeypatch):
     assert 0 < analysis < 10 and 0 < background < 10
     if name == "slams-qg-tiny":  # the SDA twin is a baseline; the benchmark issue compares them
         assert analysis < 0.8 * background
+
+
+def test_embedded_lorenz96_prior(monkeypatch):
+    """``pipelines/sda-l96``: the pixel-space Lorenz-96 prior of the cycling benchmark; its card
+    carries the benchmark's rows, those of the twin that observes every variable (σ = 1) better
+    than the observations themselves."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = PIPELINES / "sda-l96"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pkl", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in weights) < 8e6
+    card = (folder / "README.md").read_text()
+    for text in ("Lorenz-96", "train_score.py", "hardware", "SLAMSFilter", "RMSE"):
+        assert text in card
+    assert (PIPELINES.parent / "model_cards" / "sda-l96.md").read_text() == card
+    pipe = SLAMSPipeline.from_pretrained(folder)
+    assert isinstance(pipe.autoencoder, LevelNormalizer)
+    assert (pipe.window, pipe.levels, pipe.spatial_dims) == (3, 1, 1)
+    evaluation = json.loads((folder / "model_card.json").read_text())["evaluation"]
+    rmse = {k: v for k, v in evaluation.items() if "RMSE (inflation" in k}
+    assert len(rmse) == 3 and all(0 < v < 10 for v in rmse.values())
+    assert all(v < 1.0 for k, v in rmse.items() if "(all)" in k)

@@ -55,6 +55,7 @@ def test_python_examples_run_as_written(folder, monkeypatch):
     for block in blocks("python"):
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     dataset = namespace["out"].dataset
+    assert namespace["cycled"].cycle == 8 and namespace["cycle"].analysis.shape == (20, 1, 40)
     assert set(dataset.data_vars) >= {"mean", "std", "members"}
     for name in ("truth.nc", "background.nc", "stations.csv", "satellite.nc"):
         assert (folder / name).stat().st_size > 0
