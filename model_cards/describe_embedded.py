@@ -93,8 +93,8 @@ DESCRIPTIONS["sda-l96"] = (
     "likelihood covariance, Gaspari-Cohn half-width 7, covariance inflation 2.2 chosen for "
     "the filter on another truth (the smoother and the sparse twin use it as is); 100 burn-in "
     "+ 300 scored cycles. The classical filters on the same twins "
-    "(benchmarks/results/l96_classical.md) are far better: the sampler's error at each cycle is what limits the filter "
-    "(docs/method.md, Cycling)."
+    "(benchmarks/results/l96_classical.md) are far better: the sampler's error at each "
+    "cycle is what limits the filter (docs/method.md, Cycling)."
 )
 
 
