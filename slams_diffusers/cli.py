@@ -187,7 +187,6 @@ def _assimilate(args: argparse.Namespace) -> int:
     """Assimilate the observation files into the background file, window by window."""
     from .io import (
         check_output_file,
-        member_generators,
         read_background,
         read_satellite,
         read_stations,
@@ -195,6 +194,7 @@ def _assimilate(args: argparse.Namespace) -> int:
         window_observations,
         write_analysis,
     )
+    from .seeding import member_generators
 
     start = time.perf_counter()
     out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
@@ -773,8 +773,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .covariance import estimate_background_covariance
     from .data.qg import simulate_dataset
     from .data.testbed import assimilation_cases
-    from .io import BackgroundFile, check_output_file, member_generators, write_analysis
+    from .io import BackgroundFile, check_output_file, write_analysis
     from .metrics import crps, ensemble_spread, level_dims, rmse
+    from .seeding import member_generators
 
     start = time.perf_counter()
     folder = Path(args.out).expanduser()

@@ -43,7 +43,6 @@ __all__ = [
     "align_truth",
     "check_input_file",
     "check_output_file",
-    "member_generators",
     "open_dataset",
     "read_analysis",
     "cycle_times",
@@ -882,13 +881,6 @@ def window_observations(observations: Sequence[Observation], window: slice) -> l
         for o in observations
         if window.start <= o.time_index < window.stop
     ]
-
-
-def member_generators(seed: int, window: int, members: int) -> list[torch.Generator]:
-    """One generator per member of analysis window ``window``: seeded by ``(seed, window,
-    member)`` so a window's analysis does not depend on how windows are spread over processes."""
-    states = np.random.SeedSequence([seed, window]).generate_state(members, np.uint64)
-    return [torch.Generator().manual_seed(int(s) >> 1) for s in states]
 
 
 # ------------------------------------------------------------------------ output

@@ -20,7 +20,6 @@ from slams_diffusers.cli import EMBEDDED_PIPELINE, main
 from slams_diffusers.data.qg import simulate_dataset, write_dataset
 from slams_diffusers.data.testbed import default_observations
 from slams_diffusers.io import (
-    member_generators,
     read_background,
     read_satellite,
     read_stations,
@@ -29,6 +28,7 @@ from slams_diffusers.io import (
     window_observations,
 )
 from slams_diffusers.metrics import crps, level_dims, rmse
+from slams_diffusers.seeding import member_generators
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBERS, STEPS = 2, 4

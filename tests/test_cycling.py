@@ -13,6 +13,7 @@ from slams_diffusers.ensemble import ensemble_covariance, localization_matrix
 from slams_diffusers.forecast import numpy_forecast, run_forecast
 from slams_diffusers.models.gaussian_score import GaussianScoreModel
 from slams_diffusers.observations import Background
+from slams_diffusers.seeding import member_generators
 from slams_diffusers.smoothing import record_windows, smooth_record
 from slams_diffusers.testing import GaussianPosterior, squared_exponential_covariance
 
@@ -255,7 +256,7 @@ def test_smooth_record_keeps_each_window_interior():
     assert members.shape == (4, 7, 1, CELLS)
     # the second window (start 2) supplies states 4-6: its own assimilation, same seeds
     window = [dataclasses.replace(o, time_index=t) for t in range(5) for o in observations[2 + t]]
-    generators = [torch.Generator().manual_seed((3 * 1_000_003 + 1) * 65_537 + m) for m in range(4)]
+    generators = member_generators(3, 1, 4)
     direct = pipe(
         observations=window,
         num_frames=5,
