@@ -37,7 +37,7 @@ import torch
 from diffusers.utils import BaseOutput, logging
 from torch import Tensor
 
-from .ensemble import ensemble_covariance
+from .ensemble import CovarianceOptions, ensemble_covariance
 from .forecast import ForecastModel, run_forecast
 from .models.level_normalizer import LevelNormalizer
 from .observations import Background, Observation, check_observations
@@ -147,10 +147,13 @@ class SLAMSFilter:
         self.forecast_model = forecast_model
         self.steps_per_cycle = as_int(steps_per_cycle, "steps_per_cycle", minimum=1)
         self.lag = as_int(lag, "lag", minimum=0)
-        self.localization_radius = localization_radius
-        self.periodic = periodic
-        self.covariance_inflation = finite_float(covariance_inflation, "covariance_inflation")
-        self.static_covariance = static_covariance
+        self.covariance_options = CovarianceOptions.build(  # checked and precomputed once
+            tuple(initial_ensemble.shape[1:]),
+            localization_radius=localization_radius,
+            periodic=periodic,
+            inflation=finite_float(covariance_inflation, "covariance_inflation"),
+            static=static_covariance,
+        )
         self.seed = as_int(seed, "seed", minimum=0)
         self.pipeline_kwargs = {"spread_inflation": 1.0, **pipeline_kwargs}
         self.cycle = 0
@@ -160,13 +163,6 @@ class SLAMSFilter:
         self._departures = [0.0, 0]  # Σ d², count (see _check_departures)
         self._departure_cycles = 0
         self._departures_warned = False
-        ensemble_covariance(  # checks the covariance options now rather than at the first cycle
-            initial_ensemble,
-            localization_radius=localization_radius,
-            periodic=periodic,
-            inflation=self.covariance_inflation,
-            static=static_covariance,
-        )
 
     @property
     def num_members(self) -> int:
@@ -192,13 +188,7 @@ class SLAMSFilter:
         frames = max(self.pipeline.window, lagged + 1)
         first = frames - 1 - lagged  # the frame of cycle - lagged
         forecast = self._forecasts[0]
-        covariance = ensemble_covariance(
-            forecast,
-            localization_radius=self.localization_radius,
-            periodic=self.periodic,
-            inflation=self.covariance_inflation,
-            static=self.static_covariance,
-        )
+        covariance = ensemble_covariance(forecast, options=self.covariance_options)
         background = Background(
             values=forecast.mean(dim=0),
             noise_std=covariance.variance().sqrt().to(forecast),

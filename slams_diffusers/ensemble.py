@@ -19,6 +19,7 @@ the state is small (Lorenz-96, columns, coarse grids).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from .baselines.localization import gaspari_cohn, grid_distance, grid_positions
 from .covariance import DenseCovariance
 from .validation import finite_float, periodic_axes
 
-__all__ = ["ensemble_covariance", "localization_matrix"]
+__all__ = ["CovarianceOptions", "ensemble_covariance", "localization_matrix"]
 
 
 def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: Any = True) -> Tensor:
@@ -38,6 +39,53 @@ def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: An
     return gaspari_cohn(grid_distance(cells, cells, grid_shape, periodic), radius)
 
 
+@dataclass(frozen=True)
+class CovarianceOptions:
+    """What ``B = ρ (L ∘ P_f) + B_s`` takes besides the members, checked and precomputed once
+    for a state ``(levels, *space)``: ``taper`` the ``L`` over every value (levels share a
+    column's), or ``None``; ``inflation`` ``ρ``; ``static`` ``B_s`` as a matrix, or ``None``."""
+
+    state_shape: tuple[int, ...]
+    taper: Tensor | None
+    inflation: float
+    static: Tensor | None
+
+    @classmethod
+    def build(
+        cls,
+        state_shape: tuple[int, ...],
+        *,
+        localization_radius: float | None = None,
+        periodic: Any = True,
+        inflation: float = 1.0,
+        static: Any = None,
+    ) -> CovarianceOptions:
+        """The options of :func:`ensemble_covariance` for states ``state_shape``."""
+        levels, *space = state_shape
+        rho = finite_float(inflation, "inflation")
+        if rho <= 0:
+            raise ValueError(f"inflation: expected a number > 0, got {rho}")
+        taper = None
+        if localization_radius is not None:
+            radius = finite_float(localization_radius, "localization_radius")
+            if radius <= 0:
+                raise ValueError(
+                    f"localization_radius: expected a number > 0 (cells), got {radius}"
+                )
+            periodic_axes(periodic, len(space))  # validates it here, naming it
+            cells = localization_matrix(tuple(space), radius, periodic)
+            taper = torch.kron(torch.ones(levels, levels, dtype=cells.dtype), cells)
+        matrix = None
+        if static is not None:
+            if tuple(getattr(static, "state_shape", ())) != tuple(state_shape):
+                raise ValueError(
+                    f"static: expected a covariance of states {tuple(state_shape)}, got "
+                    f"{type(static).__name__} of {tuple(getattr(static, 'state_shape', ()))}"
+                )
+            matrix = static.to_dense().double().cpu()
+        return cls(tuple(state_shape), taper, rho, matrix)
+
+
 def ensemble_covariance(
     members: Tensor,
     *,
@@ -45,6 +93,7 @@ def ensemble_covariance(
     periodic: Any = True,
     inflation: float = 1.0,
     static: Any = None,
+    options: CovarianceOptions | None = None,
 ) -> DenseCovariance:
     """``B = ρ (L ∘ P_f) + B_s`` of the module docstring from ``members`` ``(N, levels, *space)``.
 
@@ -56,6 +105,8 @@ def ensemble_covariance(
         inflation: ``ρ >= 1`` is usual; any ``ρ > 0`` is accepted.
         static: ``B_s``, a covariance object of the same state (e.g. a ``SpectralCovariance``),
             or ``None``.
+        options: all of the above, built once (:meth:`CovarianceOptions.build`) for a caller
+            that forms ``B`` at every cycle; it replaces them.
     """
     if not isinstance(members, Tensor) or members.ndim not in (3, 4) or members.shape[0] < 2:
         raise ValueError(
@@ -64,26 +115,26 @@ def ensemble_covariance(
         )
     if not bool(torch.isfinite(members).all()):
         raise ValueError("members: contains NaN or inf")
-    rho = finite_float(inflation, "inflation")
-    if rho <= 0:
-        raise ValueError(f"inflation: expected a number > 0, got {rho}")
+    if options is None:
+        options = CovarianceOptions.build(
+            tuple(members.shape[1:]),
+            localization_radius=localization_radius,
+            periodic=periodic,
+            inflation=inflation,
+            static=static,
+        )
+    elif options.state_shape != tuple(members.shape[1:]):
+        raise ValueError(
+            f"members: states {tuple(members.shape[1:])}, but the options are for "
+            f"{options.state_shape}"
+        )
     levels, *space = members.shape[1:]
-    x = members.double().reshape(members.shape[0], -1)
+    x = members.double().reshape(members.shape[0], -1).cpu()
     perturbations = x - x.mean(dim=0)
     covariance = perturbations.T @ perturbations / (x.shape[0] - 1)
-    if localization_radius is not None:
-        radius = finite_float(localization_radius, "localization_radius")
-        if radius <= 0:
-            raise ValueError(f"localization_radius: expected a number > 0 (cells), got {radius}")
-        periodic_axes(periodic, len(space))  # validates it here, naming it
-        taper = localization_matrix(tuple(space), radius, periodic)
-        covariance = covariance * torch.kron(torch.ones(levels, levels, dtype=taper.dtype), taper)
-    covariance = rho * covariance
-    if static is not None:
-        if tuple(getattr(static, "state_shape", ())) != tuple(members.shape[1:]):
-            raise ValueError(
-                f"static: expected a covariance of states {tuple(members.shape[1:])}, got "
-                f"{type(static).__name__} of {tuple(getattr(static, 'state_shape', ()))}"
-            )
-        covariance = covariance + static.to_dense().to(covariance)
-    return DenseCovariance.from_matrix(covariance.cpu(), levels, tuple(space))
+    if options.taper is not None:
+        covariance = covariance * options.taper
+    covariance = options.inflation * covariance
+    if options.static is not None:
+        covariance = covariance + options.static
+    return DenseCovariance.from_matrix(covariance, levels, tuple(space))
