@@ -20,6 +20,11 @@ cycle ``k − ℓ − 1``: it has seen ``y_{1:k−ℓ−1}`` only, so no observa
   ``y_{1:k}``; the last frame is still the filter analysis given ``y_{1:k}`` (the prior's dynamics
   carry the background ``ℓ`` cycles forward), and it is what the forecast model advances.
 
+A forecast model that advances another state than the pipeline's (the QG model's PV, where the
+pipeline assimilates temperature) comes with a :class:`~slams_diffusers.forecast.StateMap`: the
+covariance and the analysis are of ``z = observe(x)``, and each analysis member ``z_a^{(i)}``
+becomes the model state ``update(x_f^{(i)}, z_a^{(i)})``, the rest of the forecast member kept.
+
 The learned prior is climatological, so the analysis also counts the climatology once besides the
 background; in cycling, where ``B`` is far tighter than the climate's variance, this adds little
 (docs/method.md §Cycling). Sampling is seeded per cycle and member, so a run stopped after ``k``
@@ -38,7 +43,7 @@ from diffusers.utils import BaseOutput, logging
 from torch import Tensor
 
 from .ensemble import CovarianceOptions, ensemble_covariance
-from .forecast import ForecastModel, run_forecast
+from .forecast import ForecastModel, StateMap, run_forecast
 from .models.level_normalizer import LevelNormalizer
 from .observations import Background, Observation, check_observations
 from .seeding import member_generators
@@ -90,13 +95,17 @@ class SLAMSFilter:
         forecast_model: ``model(states (members, *state), steps) -> states``
             (:mod:`slams_diffusers.forecast`).
         initial_ensemble: the forecast members of cycle 0, ``(members, levels, *space)``,
-            ``members >= 2``.
+            ``members >= 2`` (model states ``(members, *model_state)`` with a ``state_map``).
         steps_per_cycle: forecast-model steps between two cycles.
         lag: ``ℓ >= 0``; 0 is the filter.
         localization_radius, periodic: the Gaspari–Cohn half-width (cells) of ``L`` and the axes
             that wrap; ``None`` = no localisation.
         covariance_inflation: ``ρ`` multiplying the forecast covariance.
         static_covariance: ``B_s`` added to it (a covariance object), or ``None``.
+        covariance_structure: ``"dense"``, ``"spectral"`` or ``None`` (dense for small states;
+            :func:`~slams_diffusers.ensemble.ensemble_covariance`).
+        state_map: how the model's state gives the pipeline's and back
+            (:class:`~slams_diffusers.forecast.StateMap`); ``None``: they are the same.
         seed: seeds the sampling of every cycle and member.
         **pipeline_kwargs: passed to every pipeline call (``num_inference_steps``,
             ``likelihood_covariance``, ...); ``spread_inflation`` defaults to 1 (the covariance
@@ -115,6 +124,8 @@ class SLAMSFilter:
         periodic: Any = True,
         covariance_inflation: float = 1.0,
         static_covariance: Any = None,
+        covariance_structure: str | None = None,
+        state_map: StateMap | None = None,
         seed: int = 0,
         **pipeline_kwargs: Any,
     ) -> None:
@@ -129,30 +140,42 @@ class SLAMSFilter:
                 f"pipeline_kwargs: {owned} are set by the filter each cycle; expected none of "
                 f"{list(_OWNED)}"
             )
-        if (
-            not isinstance(initial_ensemble, Tensor)
-            or initial_ensemble.ndim != 2 + pipeline.spatial_dims
-            or initial_ensemble.shape[0] < 2
-            or initial_ensemble.shape[1] != pipeline.levels
-        ):
+        if state_map is not None and not isinstance(state_map, StateMap):
             raise ValueError(
-                f"initial_ensemble: expected a tensor (members >= 2, levels={pipeline.levels}, "
-                f"*space) with {pipeline.spatial_dims} spatial dims, got "
+                f"state_map: expected a StateMap or None, got {type(state_map).__name__}"
+            )
+        if not isinstance(initial_ensemble, Tensor) or initial_ensemble.ndim < 2:
+            raise ValueError(
+                "initial_ensemble: expected a tensor (members, ...), got "
                 f"{type(initial_ensemble).__name__} of shape "
                 f"{tuple(getattr(initial_ensemble, 'shape', ()))}"
             )
         if not bool(torch.isfinite(initial_ensemble).all()):
             raise ValueError("initial_ensemble: contains NaN or inf")
         self.pipeline = pipeline
+        self.state_map = state_map
+        observed = self._observe(initial_ensemble)
+        if (
+            observed.ndim != 2 + pipeline.spatial_dims
+            or observed.shape[0] < 2
+            or observed.shape[1] != pipeline.levels
+        ):
+            what = "the states state_map.observe gives of it" if state_map else "a tensor"
+            raise ValueError(
+                f"initial_ensemble: expected {what} (members >= 2, levels={pipeline.levels}, "
+                f"*space) with {pipeline.spatial_dims} spatial dims, got shape "
+                f"{tuple(observed.shape)}"
+            )
         self.forecast_model = forecast_model
         self.steps_per_cycle = as_int(steps_per_cycle, "steps_per_cycle", minimum=1)
         self.lag = as_int(lag, "lag", minimum=0)
         self.covariance_options = CovarianceOptions.build(  # checked and precomputed once
-            tuple(initial_ensemble.shape[1:]),
+            tuple(observed.shape[1:]),
             localization_radius=localization_radius,
             periodic=periodic,
             inflation=finite_float(covariance_inflation, "covariance_inflation"),
             static=static_covariance,
+            structure=covariance_structure,
         )
         self.seed = as_int(seed, "seed", minimum=0)
         self.pipeline_kwargs = {"spread_inflation": 1.0, **pipeline_kwargs}
@@ -170,14 +193,50 @@ class SLAMSFilter:
 
     @property
     def forecast(self) -> Tensor:
-        """The forecast members of the next cycle ``(members, *state)``."""
+        """The forecast members of the next cycle ``(members, *state)`` (model states with a
+        ``state_map``)."""
         return self._forecasts[-1]
+
+    def _observe(self, model_states: Tensor) -> Tensor:
+        """The pipeline's states of model states (checked: members kept, finite)."""
+        if self.state_map is None:
+            return model_states
+        states = self.state_map.observe(model_states)
+        if (
+            not isinstance(states, Tensor)
+            or states.ndim < 2
+            or states.shape[0] != model_states.shape[0]
+            or not bool(torch.isfinite(states).all())
+        ):
+            raise ValueError(
+                f"state_map.observe: expected finite states (members={model_states.shape[0]}, "
+                f"levels, *space), got {type(states).__name__} of shape "
+                f"{tuple(getattr(states, 'shape', ()))}"
+            )
+        return states
+
+    def _update(self, forecast: Tensor, analysis: Tensor) -> Tensor:
+        """The model states of the analysis members (checked: the forecast's shape, finite)."""
+        if self.state_map is None:
+            return analysis
+        states = self.state_map.update(forecast, analysis.to(forecast.device))
+        if (
+            not isinstance(states, Tensor)
+            or states.shape != forecast.shape
+            or not bool(torch.isfinite(states).all())
+        ):
+            raise ValueError(
+                f"state_map.update: expected finite model states of shape "
+                f"{tuple(forecast.shape)}, got {type(states).__name__} of shape "
+                f"{tuple(getattr(states, 'shape', ()))}"
+            )
+        return states.to(forecast.dtype)
 
     # ------------------------------------------------------------------ cycling
     def step(self, observations: Observation | Sequence[Observation] = ()) -> CycleOutput:
         """Assimilate the observations of the next cycle (one time; their ``time_index`` is
         ignored) and forecast the analysis to the cycle after it."""
-        space = tuple(self.forecast.shape[2:])
+        space = self.covariance_options.state_shape[1:]
         observations = check_observations(observations, levels=self.pipeline.levels, space=space)
         if any(isinstance(o, Background) for o in observations):
             raise ValueError(
@@ -187,7 +246,8 @@ class SLAMSFilter:
         lagged = len(self._observations)  # min(lag, cycle)
         frames = max(self.pipeline.window, lagged + 1)
         first = frames - 1 - lagged  # the frame of cycle - lagged
-        forecast = self._forecasts[0]
+        forecast = self._observe(self._forecasts[0])
+        current = forecast if lagged == 0 else self._observe(self._forecasts[-1])
         covariance = ensemble_covariance(forecast, options=self.covariance_options)
         background = Background(
             values=forecast.mean(dim=0),
@@ -215,9 +275,10 @@ class SLAMSFilter:
         self._check_departures(analysis.mean(dim=0), observations)
         smoothed = members[:, first] if self.lag and lagged == self.lag else None
         output = CycleOutput(
-            cycle=self.cycle, analysis=analysis, forecast=self._forecasts[-1], smoothed=smoothed
+            cycle=self.cycle, analysis=analysis, forecast=current, smoothed=smoothed
         )
-        self._forecasts.append(run_forecast(self.forecast_model, analysis, self.steps_per_cycle))
+        states = self._update(self._forecasts[-1], analysis)
+        self._forecasts.append(run_forecast(self.forecast_model, states, self.steps_per_cycle))
         self._observations.append(observations)
         if len(self._observations) > self.lag:
             self._observations.pop(0)

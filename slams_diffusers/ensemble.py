@@ -13,12 +13,22 @@ Gaspari–Cohn (1999) taper of the horizontal distance between cells (every leve
 shares it; Houtekamer & Mitchell 2001, Hamill et al. 2001) and ``B_s`` an optional static
 covariance (the hybrid ``B`` of Hamill & Snyder 2000). The Schur product with a correlation
 matrix keeps ``B`` positive semi-definite and removes the spurious long-range correlations of a
-small ensemble. ``B`` is held densely (:class:`~slams_diffusers.covariance.DenseCovariance`), so
-the state is small (Lorenz-96, columns, coarse grids).
+small ensemble. ``structure="dense"`` holds ``B`` densely
+(:class:`~slams_diffusers.covariance.DenseCovariance`), for small states (Lorenz-96, columns,
+coarse grids).
+
+``structure="spectral"`` is for periodic grids too large for that (the QG testbed's
+``5 × 64 × 64``): ``B = ρ P_h + B_s`` with ``P_h`` the homogeneous part of ``P_f``, its
+cross-level covariance per wavenumber (shell) estimated from the perturbations
+(:meth:`~slams_diffusers.covariance.SpectralCovariance.from_samples`), and ``B_s`` a
+``SpectralCovariance``. Averaging over the grid's translations is the localisation here: it keeps
+the ensemble's error amplitude per scale and level and its vertical correlations, and drops
+where in the domain the errors are (spectral localisation, Buehner & Charron 2007).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +36,12 @@ import torch
 from torch import Tensor
 
 from .baselines.localization import gaspari_cohn, grid_distance, grid_positions
-from .covariance import DenseCovariance
+from .covariance import DENSE_MAX_SIZE, DenseCovariance, SpectralCovariance
 from .validation import finite_float, periodic_axes
 
 __all__ = ["CovarianceOptions", "ensemble_covariance", "localization_matrix"]
+
+STRUCTURES = ("dense", "spectral")
 
 
 def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: Any = True) -> Tensor:
@@ -41,14 +53,16 @@ def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: An
 
 @dataclass(frozen=True)
 class CovarianceOptions:
-    """What ``B = ρ (L ∘ P_f) + B_s`` takes besides the members, checked and precomputed once
-    for a state ``(levels, *space)``: ``taper`` the ``L`` over every value (levels share a
-    column's), or ``None``; ``inflation`` ``ρ``; ``static`` ``B_s`` as a matrix, or ``None``."""
+    """What ``B`` takes besides the members, checked and precomputed once for a state
+    ``(levels, *space)``: the ``structure``; ``taper`` the ``L`` over every value (levels share a
+    column's), or ``None``; ``inflation`` ``ρ``; ``static`` ``B_s`` as a matrix (dense) or its
+    ``C(k)`` per wavenumber (spectral), or ``None``."""
 
     state_shape: tuple[int, ...]
     taper: Tensor | None
     inflation: float
     static: Tensor | None
+    structure: str = "dense"
 
     @classmethod
     def build(
@@ -59,12 +73,25 @@ class CovarianceOptions:
         periodic: Any = True,
         inflation: float = 1.0,
         static: Any = None,
+        structure: str | None = None,
     ) -> CovarianceOptions:
         """The options of :func:`ensemble_covariance` for states ``state_shape``."""
         levels, *space = state_shape
         rho = finite_float(inflation, "inflation")
         if rho <= 0:
             raise ValueError(f"inflation: expected a number > 0, got {rho}")
+        size = levels * math.prod(space)
+        if structure is None:
+            structure = "dense" if size <= DENSE_MAX_SIZE else "spectral"
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+        if structure == "spectral":
+            return cls._spectral(tuple(state_shape), localization_radius, rho, static)
+        if size > DENSE_MAX_SIZE:
+            raise ValueError(
+                f"structure: a dense B of states {tuple(state_shape)} has order {size}, expected "
+                f"at most {DENSE_MAX_SIZE}; pass structure='spectral' for a periodic grid"
+            )
         taper = None
         if localization_radius is not None:
             radius = finite_float(localization_radius, "localization_radius")
@@ -85,6 +112,35 @@ class CovarianceOptions:
             matrix = static.to_dense().double().cpu()
         return cls(tuple(state_shape), taper, rho, matrix)
 
+    @classmethod
+    def _spectral(
+        cls, state_shape: tuple[int, ...], localization_radius: Any, rho: float, static: Any
+    ) -> CovarianceOptions:
+        if localization_radius is not None:
+            raise ValueError(
+                "localization_radius: a spectral B is localised by its homogeneity; expected "
+                f"None with structure='spectral', got {localization_radius!r}"
+            )
+        if len(state_shape) < 2:
+            raise ValueError(
+                f"structure: a spectral B needs a grid, got states {state_shape} without one"
+            )
+        spectrum = None
+        if static is not None:
+            if (
+                not isinstance(static, SpectralCovariance)
+                or tuple(static.state_shape) != state_shape
+            ):
+                raise ValueError(
+                    f"static: with structure='spectral', expected a SpectralCovariance of states "
+                    f"{state_shape}, got {type(static).__name__} of "
+                    f"{tuple(getattr(static, 'state_shape', ()))}"
+                )
+            spectrum = static.spectrum.double().cpu()
+            if static.isotropic:  # per wavenumber, like an anisotropic one
+                spectrum = spectrum[static.shells()]
+        return cls(state_shape, None, rho, spectrum, "spectral")
+
 
 def ensemble_covariance(
     members: Tensor,
@@ -93,9 +149,10 @@ def ensemble_covariance(
     periodic: Any = True,
     inflation: float = 1.0,
     static: Any = None,
+    structure: str | None = None,
     options: CovarianceOptions | None = None,
-) -> DenseCovariance:
-    """``B = ρ (L ∘ P_f) + B_s`` of the module docstring from ``members`` ``(N, levels, *space)``.
+) -> DenseCovariance | SpectralCovariance:
+    """``B`` of the module docstring from ``members`` ``(N, levels, *space)``.
 
     Args:
         members: the forecast ensemble, ``N >= 2`` finite states.
@@ -105,6 +162,8 @@ def ensemble_covariance(
         inflation: ``ρ >= 1`` is usual; any ``ρ > 0`` is accepted.
         static: ``B_s``, a covariance object of the same state (e.g. a ``SpectralCovariance``),
             or ``None``.
+        structure: ``"dense"`` (``ρ (L ∘ P_f) + B_s``) or ``"spectral"`` (``ρ P_h + B_s``, no
+            ``localization_radius``); ``None``: dense up to ``DENSE_MAX_SIZE`` values.
         options: all of the above, built once (:meth:`CovarianceOptions.build`) for a caller
             that forms ``B`` at every cycle; it replaces them.
     """
@@ -122,6 +181,7 @@ def ensemble_covariance(
             periodic=periodic,
             inflation=inflation,
             static=static,
+            structure=structure,
         )
     elif options.state_shape != tuple(members.shape[1:]):
         raise ValueError(
@@ -129,6 +189,15 @@ def ensemble_covariance(
             f"{options.state_shape}"
         )
     levels, *space = members.shape[1:]
+    if options.structure == "spectral":
+        sample = SpectralCovariance.from_samples(
+            members.double().cpu(), remove_mean=True, spatial_dims=len(space)
+        )
+        spectrum = options.inflation * sample.spectrum
+        if options.static is None:
+            return SpectralCovariance.from_spectrum(spectrum, tuple(space))
+        spectrum = spectrum[sample.shells()] + options.static
+        return SpectralCovariance.from_spectrum(spectrum, tuple(space), isotropic=False)
     x = members.double().reshape(members.shape[0], -1).cpu()
     perturbations = x - x.mean(dim=0)
     covariance = perturbations.T @ perturbations / (x.shape[0] - 1)

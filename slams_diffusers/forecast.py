@@ -6,11 +6,18 @@ an int, the number of model steps to advance; it returns the advanced states, sa
 :func:`run_forecast` calls it and checks what comes back, so that a wrong model fails with one
 line naming it rather than deep inside the assimilation. A model written for NumPy arrays is
 wrapped by :func:`numpy_forecast`.
+
+The model may advance a state the pipeline does not see whole, e.g. the QG model's potential
+vorticity where the pipeline assimilates temperature. A :class:`StateMap` relates the two:
+``observe`` the pipeline's state of model states, and ``update`` model states (the forecast
+members) given the pipeline's analysis of them. The part of the model state that the pipeline's
+state does not determine is kept from each member's forecast (docs/method.md §Cycling).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,10 +26,32 @@ from torch import Tensor
 
 from .validation import as_int
 
-__all__ = ["ForecastModel", "numpy_forecast", "run_forecast"]
+__all__ = ["ForecastModel", "StateMap", "numpy_forecast", "run_forecast"]
 
 #: ``model(states (members, *state), steps) -> states (members, *state)``.
 ForecastModel = Callable[[Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class StateMap:
+    """The pipeline's state ``z = observe(x)`` of the model's state ``x``, and back.
+
+    Args:
+        observe: ``(members, *model_state) -> (members, levels, *space)``.
+        update: ``(forecast (members, *model_state), analysis (members, levels, *space)) ->
+            (members, *model_state)``: the model states whose ``observe`` is the analysis, the
+            rest of each forecast member kept; ``observe(update(x, observe(x))) = observe(x)``.
+    """
+
+    observe: Callable[[Tensor], Tensor]
+    update: Callable[[Tensor, Tensor], Tensor]
+
+    def __post_init__(self) -> None:
+        for name in ("observe", "update"):
+            if not callable(getattr(self, name)):
+                raise ValueError(
+                    f"{name}: expected a callable, got {type(getattr(self, name)).__name__}"
+                )
 
 
 def numpy_forecast(model: Callable[[np.ndarray, int], np.ndarray]) -> ForecastModel:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from slams_diffusers import SLAMSPipeline, Stations, VPPredictorCorrectorScheduler
-from slams_diffusers.covariance import DenseCovariance
+from slams_diffusers.covariance import DenseCovariance, SpectralCovariance
 from slams_diffusers.cycling import SLAMSFilter
 from slams_diffusers.ensemble import ensemble_covariance, localization_matrix
-from slams_diffusers.forecast import numpy_forecast, run_forecast
+from slams_diffusers.forecast import StateMap, numpy_forecast, run_forecast
 from slams_diffusers.models.gaussian_score import GaussianScoreModel
 from slams_diffusers.observations import Background
 from slams_diffusers.seeding import member_generators
@@ -201,6 +201,75 @@ def test_ensemble_covariance_is_the_tapered_sample_covariance():
         ensemble_covariance(members[:1])
     with pytest.raises(ValueError, match="localization_radius: expected a number > 0"):
         ensemble_covariance(members, localization_radius=0.0)
+
+
+def test_spectral_ensemble_covariance_is_the_homogeneous_sample_covariance():
+    generator = torch.Generator().manual_seed(0)
+    members = torch.randn(6, 2, 8, 8, generator=generator, dtype=torch.float64)
+    static = SpectralCovariance.from_length_scale(0.5, 2.0, levels=2, grid_shape=(8, 8))
+    b = ensemble_covariance(members, structure="spectral", inflation=1.2, static=static)
+    sample = SpectralCovariance.from_samples(members, remove_mean=True)
+    expected = 1.2 * sample.spectrum[sample.shells()]
+    static_spectrum = static.spectrum[static.shells()] if static.isotropic else static.spectrum
+    expected = expected + static_spectrum
+    torch.testing.assert_close(b.spectrum, expected)
+    # the marginal variance is the ensemble's averaged over the grid (homogeneous)
+    variance = 1.2 * members.var(dim=0).mean(dim=(-2, -1)) + static.variance()[:, 0, 0]
+    torch.testing.assert_close(b.variance()[:, 0, 0], variance)
+    assert ensemble_covariance(torch.randn(4, 5, 32, 32)).config.isotropic  # > 4096: spectral
+    with pytest.raises(ValueError, match="localization_radius: a spectral B is localised"):
+        ensemble_covariance(members, structure="spectral", localization_radius=2.0)
+    with pytest.raises(ValueError, match="structure: a dense B of states .* pass structure="):
+        ensemble_covariance(torch.randn(3, 5, 32, 32), structure="dense")
+    with pytest.raises(ValueError, match="static: with structure='spectral', expected"):
+        ensemble_covariance(members, structure="spectral", static=DenseCovariance(2, (8, 8)))
+    with pytest.raises(ValueError, match="structure: expected one of"):
+        ensemble_covariance(members, structure="banded")
+
+
+def coupled_model(states: torch.Tensor, steps: int) -> torch.Tensor:
+    """A visible level driven by a hidden one the pipeline does not see: ``x_0 -> 0.9 roll(x_0)
+    + 0.1 x_1``, ``x_1 -> x_1``."""
+    for _ in range(steps):
+        visible = 0.9 * torch.roll(states[:, :1], 1, dims=-1) + 0.1 * states[:, 1:]
+        states = torch.cat([visible, states[:, 1:]], dim=1)
+    return states
+
+
+def test_a_state_map_cycles_a_model_state_the_pipeline_sees_in_part():
+    pipe, _, _ = gaussian_pipeline()
+    truths = truth_run(2, seed=10)
+    observations = cycle_observations(truths, seed=11)
+    hidden = torch.randn(6, 1, CELLS, generator=torch.Generator().manual_seed(12)).double()
+    visible = truths[0] + torch.randn(6, 1, CELLS, generator=torch.Generator().manual_seed(13))
+    initial = torch.cat([visible.double(), hidden], dim=1)
+    state_map = StateMap(
+        observe=lambda x: x[:, :1], update=lambda f, a: torch.cat([a, f[:, 1:]], dim=1)
+    )
+    options = dict(seed=3, num_inference_steps=8)
+    mapped = SLAMSFilter(pipe, coupled_model, initial, state_map=state_map, **options)
+    plain = SLAMSFilter(pipe, shift_model, visible.double(), **options)
+    first, reference = mapped.step(observations[0]), plain.step(observations[0])
+    # the same background and observations give the same draws
+    torch.testing.assert_close(first.analysis, reference.analysis, rtol=0, atol=0)
+    torch.testing.assert_close(first.forecast, visible.double())
+    # the hidden level is the forecast's, advanced by the model; the visible level is forecast
+    # from the analysis with the hidden level's forcing
+    torch.testing.assert_close(mapped.forecast[:, 1:], hidden)
+    expected = 0.9 * torch.roll(first.analysis, 1, dims=-1) + 0.1 * hidden
+    torch.testing.assert_close(mapped.forecast[:, :1], expected)
+    second = mapped.step(observations[1])
+    torch.testing.assert_close(second.forecast, expected)
+
+    broken = StateMap(observe=lambda x: x[:, :1], update=lambda f, a: a)
+    with pytest.raises(ValueError, match=r"state_map.update: expected finite model states"):
+        SLAMSFilter(pipe, coupled_model, initial, state_map=broken, **options).step([])
+    with pytest.raises(ValueError, match=r"initial_ensemble: expected the states state_map"):
+        SLAMSFilter(pipe, coupled_model, initial, state_map=StateMap(lambda x: x, lambda f, a: a))
+    with pytest.raises(ValueError, match="state_map: expected a StateMap"):
+        SLAMSFilter(pipe, coupled_model, initial, state_map=lambda x: x)
+    with pytest.raises(ValueError, match="observe: expected a callable"):
+        StateMap(observe=None, update=lambda f, a: a)
 
 
 def test_dense_covariance_round_trips_and_refuses_what_is_not_a_covariance(tmp_path):

@@ -183,6 +183,24 @@ def test_temperature_levels_units_and_thermal_wind():
     np.testing.assert_allclose(t[2:].numpy(), isa[2:], atol=1e-9)
 
 
+def test_with_temperature_sets_the_temperature_and_keeps_the_barotropic_flow():
+    model = QGModel(QGConfig(nx=16), dtype=torch.float64)
+    q = model.initial_state(2, torch.Generator().manual_seed(1))
+    other = model.initial_state(2, torch.Generator().manual_seed(2))
+    target = model.temperature(other)
+    updated = model.with_temperature(q, target)
+    # float64 spectral inversions of fields of order 1e-5 s^-1: exact to rounding
+    torch.testing.assert_close(model.temperature(updated), target, rtol=0, atol=1e-9)
+    weights = model.layer_weights[:, None, None]
+
+    def barotropic(pv):
+        return (weights * model.streamfunction(pv)).sum(dim=-3)
+
+    torch.testing.assert_close(barotropic(updated), barotropic(q), rtol=1e-9, atol=1e-3)
+    assert float((barotropic(other) - barotropic(q)).abs().max()) > 1e5  # m^2/s: a real change
+    torch.testing.assert_close(model.with_temperature(q, model.temperature(q)), q)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="pressure_levels"):
         QGConfig(n_layers=3, pressure_levels=(500.0,))

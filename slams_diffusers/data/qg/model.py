@@ -424,6 +424,28 @@ class QGModel:
         t0 = self.mean_temperature[:, None, None]
         return t0 * (1 + b.flip(-3) / GRAVITY)
 
+    def with_temperature(self, q: Tensor, temperature: Tensor) -> Tensor:
+        r"""The PV ``(B, n, ny, nx)`` whose temperature is ``temperature`` ``(B, n-1, ny, nx)`` (K)
+        and whose barotropic streamfunction is that of ``q``.
+
+        The temperature fixes the layer differences ``d_i = ψ_i − ψ_{i+1}`` (:meth:`temperature`)
+        and leaves the part of ``ψ`` equal in every layer free. The increment
+        ``δψ_i = −Σ_{j<i} δd_j + Σ_m w_m Σ_{j<m} δd_j`` meets the new differences with
+        ``Σ_i w_i δψ_i = 0`` (``w`` the thickness weights, the barotropic mode's projection), so
+        the barotropic flow of ``q`` is kept. A domain-mean temperature anomaly has no
+        streamfunction and is dropped. The :class:`~slams_diffusers.forecast.StateMap` of the
+        QG model in cycling: ``StateMap(model.temperature, model.with_temperature)``.
+        """
+        psi = self.streamfunction(q)
+        t0 = self.mean_temperature[:, None, None]
+        target = temperature.to(device=self.device, dtype=self.dtype)
+        b = ((target / t0 - 1) * GRAVITY).flip(-3)  # top → bottom
+        delta = b * self._dz / self.config.f0 - (psi[..., :-1, :, :] - psi[..., 1:, :, :])
+        below = torch.cat([torch.zeros_like(delta[..., :1, :, :]), delta.cumsum(dim=-3)], dim=-3)
+        weights = self.layer_weights[:, None, None]
+        increment = (weights * below).sum(dim=-3, keepdim=True) - below
+        return self.pv_from_streamfunction(psi + increment)
+
     # ------------------------------------------------------------------ dynamics
 
     def tendency(self, qh: Tensor) -> Tensor:
