@@ -11,8 +11,9 @@ with the QG model between snapshots:
 - LETKF: PV members updated through ``H = A ∘ T(q)`` (``T`` the temperature diagnostic), ρ and
   the Gaspari–Cohn half-width as tuned on validation windows (``results/enkf_tuning.md``);
 - SLAMS: :class:`~slams_diffusers.SLAMSFilter` on temperature, ``B`` the forecast ensemble's
-  spectral (homogeneous) covariance times ``--inflation``, the PV of each analysis member made by
-  ``QGModel.with_temperature`` from its forecast member (the barotropic flow kept).
+  spectral (homogeneous) covariance times ``--inflations``, no spread inflation (the filter's
+  default), the PV of each analysis member made by ``QGModel.with_temperature`` from its
+  forecast member (the barotropic flow kept).
 
 Scores per cycle against the true temperature, averaged over cycles and cases: RMSE of the
 analysis mean, CRPS, spread / RMSE, the forecast (background) RMSE, and the seconds per cycle on

@@ -9,7 +9,7 @@ from .covariance import (
 )
 from .cycling import CycleOutput, SLAMSFilter
 from .ensemble import ensemble_covariance
-from .forecast import numpy_forecast
+from .forecast import StateMap, numpy_forecast
 from .guidance import GaussianTerm, GuidedScore, conjugate_gradient, likelihood_score
 from .models import (
     LevelNormalizer,
@@ -66,6 +66,7 @@ __all__ = [
     "ScoreNetOutput",
     "StateAutoencoder",
     "StateAutoencoderOutput",
+    "StateMap",
     "Stations",
     "VPPredictorCorrectorScheduler",
     "VPPredictorCorrectorSchedulerOutput",

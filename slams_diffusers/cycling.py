@@ -108,8 +108,10 @@ class SLAMSFilter:
             (:class:`~slams_diffusers.forecast.StateMap`); ``None``: they are the same.
         seed: seeds the sampling of every cycle and member.
         **pipeline_kwargs: passed to every pipeline call (``num_inference_steps``,
-            ``likelihood_covariance``, ...); ``spread_inflation`` defaults to 1 (the covariance
-            inflation is the cycling's).
+            ``likelihood_covariance``, ...). ``spread_inflation`` defaults to 1: the pipeline's
+            own, fitted on single windows, widens every cycle's members and, carried by the
+            forecast into ``B``, leaves the analysis to the prior (docs/method.md §Cycling);
+            ``covariance_inflation`` is the cycling's.
     """
 
     def __init__(
