@@ -120,7 +120,7 @@ def slams(pipeline_path: str, lag: int = 0, **options) -> Callable[..., CyclingR
             **options,
         )
         members = {}
-        for out in filter_.cycles(twin.observations):
+        for out in filter_.cycles(twin.state_observations):
             members[out.cycle] = out.analysis
             if out.smoothed is not None:
                 members[out.cycle - lag] = out.smoothed
@@ -166,6 +166,7 @@ SLAMS_ROWS = (
     Row("SLAMS filter", "all", 20, (7.0,), (1.3, 1.6, 2.0)),
     Row("SLAMS smoother (lag 2)", "all", 20, (7.0,), (1.3, 1.6, 2.0)),
     Row("SLAMS filter", "sparse", 20, (7.0,), (1.3, 1.6, 2.0)),
+    Row("SLAMS filter", "nonlinear", 20, (7.0,), (1.3, 1.6, 2.0)),
 )
 SLAMS_OPTIONS = {"num_inference_steps": 16, "likelihood_covariance": "diagonal"}
 

@@ -31,6 +31,7 @@ from .observations import (
     Observation,
     Satellite,
     Stations,
+    Transformed,
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
@@ -68,6 +69,7 @@ __all__ = [
     "StateAutoencoderOutput",
     "StateMap",
     "Stations",
+    "Transformed",
     "VPPredictorCorrectorScheduler",
     "VPPredictorCorrectorSchedulerOutput",
     "conjugate_gradient",

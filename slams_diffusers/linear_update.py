@@ -67,6 +67,12 @@ def linear_gaussian_update(
     Returns:
         ``x_a``, the shape and dtype of ``background`` (no autograd graph).
     """
+    nonlinear = [o.modality for o in observations if not o.linear]
+    if nonlinear:
+        raise ValueError(
+            f"observations: {nonlinear} observe a function of the state (Transformed); the linear "
+            "update (OI, the filtered analysis) takes linear operators only"
+        )
     time_dim = background.ndim - len(covariance.state_shape) - 1
     used = [
         o.to(device=background.device, dtype=background.dtype)

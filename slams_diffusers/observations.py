@@ -57,6 +57,7 @@ __all__ = [
     "Satellite",
     "Gridded",
     "Background",
+    "Transformed",
     "check_observations",
     "gaussian_weighting_functions",
     "pressures_hpa",
@@ -196,6 +197,9 @@ class Observation(abc.ABC):
     noise_std: float | Tensor
     time_index: int
     mask: Tensor
+
+    #: Whether ``operator`` is linear (affine) in the state; :class:`Transformed` is not.
+    linear = True
 
     # -- construction ----------------------------------------------------------------
 
@@ -1028,3 +1032,75 @@ class Background(Observation):
     def check_state(self, levels: int, spatial_shape: tuple[int, ...]) -> None:
         self._check_num_levels(levels, f"values {tuple(self.values.shape)}")
         self._check_spatial_shape(spatial_shape)
+
+
+@dataclass(eq=False, repr=False)
+class Transformed(Observation):
+    r"""An observation of a function of the state: ``y = A(φ(x)) + e``.
+
+    ``observation`` is the observation of ``φ(x)`` (its values, noise, mask, modality and step;
+    e.g. :class:`Stations` of ``|x|``, the nonlinear Lorenz-96 twin) and ``function`` the
+    differentiable ``φ``: ``(..., levels, *space) -> (..., levels, *space)``. The pipelines take
+    it on the decoded route, ``A(φ(D(ẑ)))``, which moment matching linearises at the denoised
+    state like any operator (docs/method.md §Likelihood covariance); no encoder is learned for
+    ``φ``, and the linear updates (OI, the filtered analysis) refuse it.
+
+    Args:
+        observation: the observation of ``φ(x)``; not a :class:`Background`.
+        function: ``φ``.
+        time_index: the step; ``None`` = the observation's.
+    """
+
+    observation: Observation
+    function: Any
+    time_index: int | None = None
+
+    #: ``A ∘ φ`` is not linear in the state.
+    linear = False
+
+    def __post_init__(self) -> None:
+        inner = self.observation
+        if not isinstance(inner, Observation) or isinstance(inner, Background | Transformed):
+            raise ValueError(
+                "observation: expected the Stations, Satellite or Gridded observation of φ(x), "
+                f"got {type(inner).__name__}"
+            )
+        if not callable(self.function):
+            raise ValueError(
+                "function: expected a callable φ(state) -> state, got "
+                f"{type(self.function).__name__}"
+            )
+        if self.time_index is None:
+            self.time_index = inner.time_index
+        self.time_index = as_int(self.time_index, "time_index", minimum=0)
+        if self.time_index != inner.time_index:
+            self.observation = inner = dataclasses.replace(inner, time_index=self.time_index)
+        self.modality, self.values = inner.modality, inner.values
+        self.noise_std, self.mask = inner.noise_std, inner.mask
+
+    @property
+    def num_levels(self) -> int:
+        return self.observation.num_levels  # type: ignore[attr-defined]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(self.observation.grid_shape)  # type: ignore[attr-defined]
+
+    def replace_values(self, values: Tensor) -> Transformed:
+        return Transformed(self.observation.replace_values(values), self.function)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Transformed:
+        return Transformed(self.observation.to(device, dtype), self.function)
+
+    def operator(self, state: Tensor) -> Tensor:
+        """``A(φ(x))``."""
+        return self.observation.operator(self.function(state))
+
+    def to_grid(self) -> tuple[Tensor, Tensor]:
+        """The observation of ``φ(x)``'s ``(values, mask)``."""
+        return self.observation.to_grid()
+
+    def check_state(self, levels: int, spatial_shape: tuple[int, ...]) -> None:
+        self.observation.check_state(levels, spatial_shape)

@@ -4,14 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slams_diffusers import SLAMSPipeline, VPPredictorCorrectorScheduler
+from slams_diffusers.guidance.routes import resolve_routes
+from slams_diffusers.linear_update import linear_gaussian_update
+from slams_diffusers.models.gaussian_score import GaussianScoreModel
 from slams_diffusers.observations import (
     Background,
     Gridded,
     Observation,
     Satellite,
     Stations,
+    Transformed,
     gaussian_weighting_functions,
 )
+from slams_diffusers.testing import squared_exponential_covariance
 
 PRESSURES = [850.0, 700.0, 500.0, 300.0, 200.0]
 
@@ -429,3 +435,48 @@ def test_error_wrong_value_shapes():
         gr.check_state(4, (12, 8))
     with pytest.raises(ValueError, match="levels"):
         Background(torch.zeros(5, 8, 12), 1.0).check_state(4, (8, 12))
+
+
+def test_transformed_observes_a_function_of_the_state_on_the_decoded_route():
+    cells, positions = 8, torch.tensor([[1.0], [4.5]], dtype=torch.float64)
+    truth = torch.randn(1, cells, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    stations = Stations.simulate(truth, positions, [0], 0.3, periodic="x", time_index=0)
+    observed = Transformed(stations, torch.abs, time_index=1)
+    assert observed.time_index == observed.observation.time_index == 1
+    assert observed.modality == "stations" and not observed.linear and stations.linear
+    torch.testing.assert_close(observed.operator(truth), stations.operator(truth.abs()))
+    moved = observed.to(dtype=torch.float32).replace_values(observed.values.float() + 1)
+    assert isinstance(moved, Transformed) and moved.function is torch.abs
+    assert moved.time_index == 1 and moved.values.dtype == torch.float32
+    with pytest.raises(ValueError, match="observation: expected the Stations, Satellite or"):
+        Transformed(Background(values=truth, noise_std=1.0), torch.abs)
+    with pytest.raises(ValueError, match="function: expected a callable"):
+        Transformed(stations, None)
+    with pytest.raises(ValueError, match="observes a function of the state .* no encoder"):
+        resolve_routes([observed], "latent", None, True)
+    assert resolve_routes([observed], "auto", None, True) == ["decoded"]
+    with pytest.raises(ValueError, match="the linear update .* linear operators only"):
+        linear_gaussian_update(truth[None], [observed], None)
+
+    # φ(x) = 2x observed with noise 2σ is the observation of x with σ: the same posterior draws
+    covariance = squared_exponential_covariance((cells,), 2.0)
+    score = GaussianScoreModel.from_moments(
+        torch.zeros(1, 1, cells, dtype=torch.float64), covariance
+    )
+    pipe = SLAMSPipeline(score_model=score, scheduler=VPPredictorCorrectorScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    doubled = Stations.simulate(2 * truth, positions, [0], 0.6, periodic="x")
+    plain = dataclasses.replace(doubled, values=doubled.values / 2, noise_std=0.3)
+
+    def draw(observations):
+        return pipe(
+            observations=observations,
+            num_members=4,
+            num_inference_steps=8,
+            output_type="pt",
+            generator=[torch.Generator().manual_seed(m) for m in range(4)],
+        ).members
+
+    twice = draw([Transformed(doubled, lambda x: 2 * x)])
+    # the same Gaussian terms up to the factor 2 in A and σ (float64 rounding)
+    torch.testing.assert_close(twice, draw([plain]), rtol=0, atol=1e-8)

@@ -20,7 +20,8 @@ sampled every ``interval`` model steps (one assimilation cycle); at cycle ``t``
   in what they see, so these are :class:`~slams_diffusers.Stations` on the state ``φ(x)``: a
   method applies ``φ`` (:attr:`L96Twin.operator`) first, as the ensemble filters do with their
   ``operator`` argument (:func:`~slams_diffusers.baselines.letkf`). The diffusion pipelines take
-  no such map: for them this twin needs a guidance through ``φ`` (not built).
+  them wrapped as :class:`~slams_diffusers.observations.Transformed`
+  (:attr:`L96Twin.state_observations`), guided through ``φ`` on the decoded route.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..observations import Observation
+from ..observations import Observation, Transformed
 from ..validation import as_int, finite_float
 from .lorenz96 import Lorenz96
 from .twin import observations_from_array
@@ -72,6 +73,16 @@ class L96Twin:
     operator: Callable[[Tensor], Tensor] | None
     model: Lorenz96
     config: L96TwinConfig
+
+    @property
+    def state_observations(self) -> list[list[Observation]]:
+        """The observations as observations of the state: each wrapped with ``φ``
+        (:class:`~slams_diffusers.observations.Transformed`) where ``φ`` is not the identity,
+        for a method that takes no ``operator`` (the pipelines, :class:`~slams_diffusers.
+        SLAMSFilter`)."""
+        if self.operator is None:
+            return self.observations
+        return [[Transformed(o, self.operator) for o in cycle] for cycle in self.observations]
 
 
 def l96_twin(

@@ -75,7 +75,7 @@ def resolve_routes(
     for observation in observations:
         modality = observation.modality
         background = isinstance(observation, Background)
-        encodable = modality in known or background
+        encodable = (modality in known and observation.linear) or background
         route = choices.get(modality, default)
         if route == "auto":
             if background:
@@ -85,6 +85,11 @@ def resolve_routes(
         if route not in ROUTES:
             raise ValueError(
                 f"`guidance` must be one of {('auto', *ROUTES)} or a dict of them, got {route!r}"
+            )
+        if route == "latent" and not observation.linear:
+            raise ValueError(
+                f"{modality!r} observes a function of the state (Transformed): no encoder is "
+                "learned for it; use guidance='decoded' for it"
             )
         if route == "latent" and not encodable:
             raise ValueError(
