@@ -219,7 +219,14 @@ def main() -> None:
         "--inflations", nargs="+", type=float, default=None, help="the grid of every row"
     )
     parser.add_argument("--note", default="", help="how a single inflation was chosen")
+    parser.add_argument(
+        "--likelihood-covariance",
+        choices=["diagonal", "moment_matching"],
+        default=SLAMS_OPTIONS["likelihood_covariance"],
+        help="of the SLAMS rows",
+    )
     args = parser.parse_args()
+    SLAMS_OPTIONS["likelihood_covariance"] = args.likelihood_covariance
     if args.tune_seed == args.seed:
         parser.error("--tune-seed must differ from --seed: tuning never sees the scored truth")
     torch.set_num_threads(1)
