@@ -51,7 +51,8 @@ from .validation import as_int, finite_float
 
 logger = logging.get_logger(__name__)
 
-#: Cycles of departures :class:`SLAMSFilter` averages before it judges its analysis.
+#: Cycles :class:`SLAMSFilter` lets its analysis spin up, and then averages departures over,
+#: before it judges the analysis.
 DEPARTURE_CYCLES = 10
 
 __all__ = ["CycleOutput", "SLAMSFilter"]
@@ -293,25 +294,31 @@ class SLAMSFilter:
 
         With the analysis mean ``x̄_a`` and an observation ``y = H x + e`` of error ``σ``, the
         departure ``d = (y − H x̄_a) / σ`` has ``E[d²] = 1 + e_a²``, ``e_a²`` the analysis'
-        squared error in units of ``σ²`` (independent errors; Desroziers et al. 2005). Over at
-        least ``DEPARTURE_CYCLES`` cycles, ``mean d² > 2`` says ``e_a > σ``: the filter names
-        the numbers, and for a latent prior its autoencoder's error on this analysis."""
+        squared error in units of ``σ²`` (independent errors; Desroziers et al. 2005). The first
+        ``DEPARTURE_CYCLES`` cycles are the spin-up from the initial ensemble and are not
+        counted; over at least ``DEPARTURE_CYCLES`` cycles after them, ``mean d² > 2`` says
+        ``e_a > σ``: the filter names the numbers, and for a latent prior its autoencoder's error
+        on this analysis."""
+        self._departure_cycles += 1
+        if self._departure_cycles <= DEPARTURE_CYCLES:
+            return
         for observation in observations:
             mask = observation.mask
             predicted = observation.operator(analysis.to(observation.values))
             d2 = (observation.values - predicted).square() / observation.noise_variance()
             self._departures[0] += float(d2[mask].sum())
             self._departures[1] += int(mask.sum())
-        self._departure_cycles += 1
         count = self._departures[1]
-        if self._departures_warned or self._departure_cycles < DEPARTURE_CYCLES or not count:
+        judged = self._departure_cycles >= 2 * DEPARTURE_CYCLES
+        if self._departures_warned or not judged or not count:
             return
         mean = self._departures[0] / count
         if mean <= 2.0:
             return
         self._departures_warned = True
         message = (
-            f"SLAMSFilter, cycles 0-{self.cycle}: the analysis mean departs from the "
+            f"SLAMSFilter, cycles {DEPARTURE_CYCLES}-{self.cycle} (after a spin-up of "
+            f"{DEPARTURE_CYCLES}): the analysis mean departs from the "
             f"observations by {mean**0.5:.3g} of their error (RMS), so its own error is about "
             f"{(mean - 1) ** 0.5:.3g} of theirs: worse than the observations themselves"
         )
