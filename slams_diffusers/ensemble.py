@@ -86,7 +86,7 @@ class CovarianceOptions:
         if structure not in STRUCTURES:
             raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
         if structure == "spectral":
-            return cls._spectral(tuple(state_shape), localization_radius, rho, static)
+            return cls._spectral(tuple(state_shape), localization_radius, periodic, rho, static)
         if size > DENSE_MAX_SIZE:
             raise ValueError(
                 f"structure: a dense B of states {tuple(state_shape)} has order {size}, expected "
@@ -114,7 +114,12 @@ class CovarianceOptions:
 
     @classmethod
     def _spectral(
-        cls, state_shape: tuple[int, ...], localization_radius: Any, rho: float, static: Any
+        cls,
+        state_shape: tuple[int, ...],
+        localization_radius: Any,
+        periodic: Any,
+        rho: float,
+        static: Any,
     ) -> CovarianceOptions:
         if localization_radius is not None:
             raise ValueError(
@@ -124,6 +129,11 @@ class CovarianceOptions:
         if len(state_shape) < 2:
             raise ValueError(
                 f"structure: a spectral B needs a grid, got states {state_shape} without one"
+            )
+        if not all(periodic_axes(periodic, len(state_shape) - 1)):
+            raise ValueError(
+                f"periodic: a spectral B wraps every axis (it is diagonal in Fourier space), got "
+                f"{periodic!r}; expected True"
             )
         spectrum = None
         if static is not None:

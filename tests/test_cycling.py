@@ -223,6 +223,8 @@ def test_spectral_ensemble_covariance_is_the_homogeneous_sample_covariance():
         ensemble_covariance(torch.randn(3, 5, 32, 32), structure="dense")
     with pytest.raises(ValueError, match="static: with structure='spectral', expected"):
         ensemble_covariance(members, structure="spectral", static=DenseCovariance(2, (8, 8)))
+    with pytest.raises(ValueError, match="periodic: a spectral B wraps every axis"):
+        ensemble_covariance(members, structure="spectral", periodic="x")
     with pytest.raises(ValueError, match="structure: expected one of"):
         ensemble_covariance(members, structure="banded")
 
