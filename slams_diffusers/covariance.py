@@ -164,7 +164,7 @@ class BackgroundCovariance(ModelMixin, ConfigMixin):
     """
 
     def _init_shape(self, levels: int, grid_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-        return as_int(levels, "levels", minimum=1), as_grid_shape(grid_shape)
+        return as_int(levels, "levels", minimum=1), as_grid_shape(grid_shape, column=True)
 
     # -- shape --------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ class DiagonalCovariance(BackgroundCovariance):
         """``B = diag(std²)`` from a scalar, a per-level ``(levels,)`` (or ``(levels, 1, 1)``)
         or a per-cell ``(levels, *space)`` std (anything broadcastable to ``(levels, *space)``;
         a 1-d tensor of length ``levels`` is always per level)."""
-        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape)))
+        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape, column=True)))
         s = torch.as_tensor(std, dtype=torch.float64)
         if s.ndim == 1 and s.shape[0] == cov.levels:
             s = s.reshape(cov.levels, *(1,) * cov.spatial_dims)
@@ -375,7 +375,7 @@ class DenseCovariance(BackgroundCovariance):
         """From the matrix ``B`` ``(size, size)``: symmetrised, eigenvalues below zero (rounding
         of a PSD matrix) set to zero; a matrix that is not symmetric positive semi-definite to a
         relative ``1e-8`` is refused."""
-        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape)))
+        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape, column=True)))
         b = torch.as_tensor(matrix).double()
         if tuple(b.shape) != (cov.size, cov.size):
             raise ValueError(
@@ -464,6 +464,11 @@ class SpectralCovariance(BackgroundCovariance):
         self, levels: int = 1, grid_shape: Sequence[int] = (8, 8), isotropic: bool = True
     ) -> None:
         super().__init__()
+        if len(tuple(grid_shape)) == 0:
+            raise ValueError(
+                "grid_shape: a spectral covariance needs a grid (x,) or (y, x), got () (a "
+                "column has no wavenumbers: use a DenseCovariance or DiagonalCovariance)"
+            )
         levels, grid = self._init_shape(levels, grid_shape)
         if not isinstance(isotropic, bool):
             raise ValueError(f"isotropic: expected a bool, got {isotropic!r}")

@@ -1,9 +1,9 @@
 """Observation types: what was observed, how, where, when, and how well.
 
 A *state* is a temperature field in physical units (K) of shape
-``(..., levels, *space)`` with ``space = (x,)`` (``spatial_dims = 1``) or
-``space = (y, x)`` (``spatial_dims = 2``) and any number of leading batch
-dimensions.
+``(..., levels, *space)`` with ``space = (x,)`` (``spatial_dims = 1``),
+``space = (y, x)`` (``spatial_dims = 2``) or ``space = ()`` (a single column,
+``spatial_dims = 0``) and any number of leading batch dimensions.
 
 Every observation ``y`` is modelled as
 
@@ -31,8 +31,9 @@ The common interface (:class:`Observation`) is
 
 The concrete types are :class:`Stations` (point profiles, bilinear
 interpolation), :class:`Satellite` (weighted vertical sums over a coarse
-footprint), :class:`Gridded` (coarsened, subsampled fields) and
-:class:`Background` (the full state, e.g. a forecast).
+footprint), :class:`Gridded` (coarsened, subsampled fields),
+:class:`Background` (the full state, e.g. a forecast) and :class:`Profile`
+(a column's values at any pressures, e.g. a surface report).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "Satellite",
     "Gridded",
     "Background",
+    "Profile",
     "Transformed",
     "check_observations",
     "gaussian_weighting_functions",
@@ -466,7 +468,7 @@ class Stations(Observation):
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.grid_shape = as_grid_shape(self.grid_shape)
+        self.grid_shape = as_grid_shape(self.grid_shape, column=True)
         self.num_levels = as_int(self.num_levels, "num_levels", minimum=1)
         sd = len(self.grid_shape)
 
@@ -720,7 +722,7 @@ class Satellite(Observation):
     mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.grid_shape = as_grid_shape(self.grid_shape)
+        self.grid_shape = as_grid_shape(self.grid_shape, column=True)
         self.footprint = as_int(self.footprint, "footprint", minimum=1)
         r = self.footprint
         if any(n % r for n in self.grid_shape):
@@ -817,8 +819,8 @@ class Satellite(Observation):
         """``(..., num_levels, *grid) -> (..., channels, *coarse_grid)``."""
         self._check_state_tensor(state)
         w = self.weights.to(device=state.device, dtype=state.dtype)
-        eq = "cl,...lx->...cx" if self.spatial_dims == 1 else "cl,...lyx->...cyx"
-        column = torch.einsum(eq, w, state)
+        space = "yx"[2 - self.spatial_dims :]
+        column = torch.einsum(f"cl,...l{space}->...c{space}", w, state)
         return _block_mean(column, self.footprint, self.spatial_dims)
 
     def to_grid(self) -> tuple[Tensor, Tensor]:
@@ -963,7 +965,7 @@ class Background(Observation):
     .. math:: x_b = x + e_b, \qquad A = \mathrm{id}.
 
     Args:
-        values: ``(num_levels, *grid_shape)`` with grid ``(x,)`` or ``(y, x)``.
+        values: ``(num_levels, *grid_shape)`` with grid ``()`` (a column), ``(x,)`` or ``(y, x)``.
         noise_std: background error std, float or broadcastable to ``values``
             (e.g. per level ``(num_levels, 1, 1)``).
         modality, time_index, mask: see :class:`Observation`.
@@ -982,9 +984,9 @@ class Background(Observation):
 
     def __post_init__(self) -> None:
         values = torch.as_tensor(self.values)
-        if values.ndim not in (2, 3):
+        if values.ndim not in (1, 2, 3):
             raise ValueError(
-                f"values: expected shape (num_levels, x) or (num_levels, y, x), "
+                f"values: expected shape (num_levels,), (num_levels, x) or (num_levels, y, x), "
                 f"got {tuple(values.shape)}"
             )
         self._init_common()
@@ -1031,6 +1033,97 @@ class Background(Observation):
 
     def check_state(self, levels: int, spatial_shape: tuple[int, ...]) -> None:
         self._check_num_levels(levels, f"values {tuple(self.values.shape)}")
+        self._check_spatial_shape(spatial_shape)
+
+
+@dataclass(eq=False, repr=False)
+class Profile(Observation):
+    r"""Values of a column at any pressures: a surface report, or a radiosonde's own levels.
+
+    .. math:: y_k = x_{l} + (x_{l+1} - x_l)\,\frac{\ln p_k - \ln p_l}{\ln p_{l+1} - \ln p_l},
+
+    linear in ``ln p`` between the two model levels ``p_l, p_{l+1}`` that bracket ``p_k``, or
+    the two nearest levels continued linearly (extrapolation) for a point at most
+    ``max_extrapolation`` (in ``ln p``) below the lowest or above the highest model level. The
+    state is a column ``(..., levels)`` (``grid_shape = ()``).
+
+    Args:
+        values: ``(n_points,)``; NaN = missing.
+        pressures: ``(n_points,)`` pressures of the points [hPa or Pa].
+        model_pressures: the model levels [hPa or Pa], or the pipeline (see
+            :func:`pressures_hpa`).
+        noise_std: ``σ_y``, float or broadcastable to ``values`` (instrument and
+            representativeness errors: a surface report differs from a smooth profile).
+        max_extrapolation: the farthest a point may lie outside the model levels, in ``ln p``
+            (0.25: from 850 down to 1091 hPa).
+        modality, time_index, mask: see :class:`Observation`.
+    """
+
+    values: Tensor
+    pressures: Sequence[float] | Tensor
+    model_pressures: Any
+    noise_std: float | Tensor
+    max_extrapolation: float = 0.25
+    modality: str = "profile"
+    time_index: int = 0
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        levels = torch.tensor(pressures_hpa(self.model_pressures, "model_pressures"))
+        points = torch.tensor(pressures_hpa(self.pressures, "pressures"), dtype=torch.float64)
+        if len(levels) < 2:
+            raise ValueError(
+                f"model_pressures: expected at least 2 levels to interpolate between, got "
+                f"{levels.tolist()}"
+            )
+        log_levels, log_points = levels.double().log(), points.log()
+        if not bool((log_levels.diff() < 0).all() or (log_levels.diff() > 0).all()):
+            raise ValueError(
+                f"model_pressures: expected strictly monotonic levels, got {levels.tolist()}"
+            )
+        low, high = log_levels.min(), log_levels.max()
+        far = (log_points < low - self.max_extrapolation) | (
+            log_points > high + self.max_extrapolation
+        )
+        if bool(far.any()):
+            raise ValueError(
+                f"pressures: {points[far].tolist()} hPa lie more than max_extrapolation="
+                f"{self.max_extrapolation:g} (in ln p) outside the model levels "
+                f"{levels.min().item():g}-{levels.max().item():g} hPa"
+            )
+        order = log_levels.argsort()
+        sorted_levels = log_levels[order]
+        upper = torch.searchsorted(sorted_levels, log_points).clamp(1, len(levels) - 1)
+        lower = upper - 1
+        frac = (log_points - sorted_levels[lower]) / (sorted_levels[upper] - sorted_levels[lower])
+        weights = torch.zeros(len(points), len(levels), dtype=torch.float64)
+        rows = torch.arange(len(points))
+        weights[rows, order[lower]] = 1 - frac
+        weights[rows, order[upper]] += frac
+        self.pressures = points
+        self.model_pressures = levels.tolist()
+        self.weights = weights  # float64; cast to the state's dtype where applied
+        self._init_common((len(points),))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.model_pressures)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return ()
+
+    def operator(self, state: Tensor) -> Tensor:
+        """``(..., num_levels) -> (..., n_points)``: ``W x`` with the interpolation weights."""
+        self._check_state_tensor(state)
+        return state @ self.weights.to(device=state.device, dtype=state.dtype).T
+
+    def to_grid(self) -> tuple[Tensor, Tensor]:
+        """``(values, mask)`` ``(n_points,)`` each: one channel per point, no grid."""
+        return self.values.clone(), self.mask.to(self.values.dtype)
+
+    def check_state(self, levels: int, spatial_shape: tuple[int, ...]) -> None:
+        self._check_num_levels(levels, f"model_pressures {self.model_pressures}")
         self._check_spatial_shape(spatial_shape)
 
 

@@ -31,18 +31,21 @@ def as_int(x: Any, name: str, minimum: int | None = None) -> int:
     return v
 
 
-def as_grid_shape(grid_shape: Any, name: str = "grid_shape") -> tuple[int, ...]:
-    """A horizontal grid shape, ``(x,)`` or ``(y, x)``, of positive ints."""
+def as_grid_shape(
+    grid_shape: Any, name: str = "grid_shape", column: bool = False
+) -> tuple[int, ...]:
+    """A horizontal grid shape, ``(x,)`` or ``(y, x)``, of positive ints; where ``column``, also
+    ``()``, a single column ``(level,)`` with no horizontal extent."""
+    forms = "(), (x,) or (y, x)" if column else "(x,) or (y, x)"
     try:
         shape = tuple(as_int(n, name, minimum=1) for n in grid_shape)
     except TypeError as e:
         raise ValueError(
-            f"{name}: expected a tuple of positive ints (x,) or (y, x), got {grid_shape!r}"
+            f"{name}: expected a tuple of positive ints {forms}, got {grid_shape!r}"
         ) from e
-    if len(shape) not in (1, 2):
-        raise ValueError(
-            f"{name}: expected 1 or 2 spatial dimensions, (x,) or (y, x), got {grid_shape!r}"
-        )
+    if len(shape) not in ((0, 1, 2) if column else (1, 2)):
+        dims = "0 (a column), 1 or 2" if column else "1 or 2"
+        raise ValueError(f"{name}: expected {dims} spatial dimensions, {forms}, got {grid_shape!r}")
     return shape
 
 
@@ -96,7 +99,7 @@ def periodic_axes(
     if isinstance(periodic, str) or (
         isinstance(periodic, Sequence) and periodic and all(isinstance(a, str) for a in periodic)
     ):
-        names = ("y", "x")[-spatial_dims:]
+        names = ("y", "x")[2 - spatial_dims :]
         wrapping = () if periodic == "none" else tuple(periodic)
         unknown = [a for a in wrapping if a not in names]
         if unknown:

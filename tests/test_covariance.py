@@ -373,8 +373,10 @@ def test_bad_input_raises_value_errors():
         DiagonalCovariance.from_std([1.0, -1.0], 2, (8, 8))
     with pytest.raises(ValueError, match=r"std: expected .* broadcastable .*got shape \(3,\)"):
         DiagonalCovariance.from_std([1.0, 2.0, 3.0], 2, (8, 8))
-    with pytest.raises(ValueError, match="grid_shape: expected 1 or 2 spatial dimensions"):
+    with pytest.raises(ValueError, match="grid_shape: expected 0 .a column., 1 or 2 spatial dim"):
         DiagonalCovariance(levels=1, grid_shape=(2, 2, 2))
+    with pytest.raises(ValueError, match="grid_shape: a spectral covariance needs a grid"):
+        SpectralCovariance(levels=2, grid_shape=())
     with pytest.raises(ValueError, match="levels: expected an int >= 1, got 0"):
         SpectralCovariance(levels=0, grid_shape=(8,))
     with pytest.raises(

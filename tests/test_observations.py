@@ -425,7 +425,7 @@ def test_error_wrong_value_shapes():
     with pytest.raises(ValueError, match="values"):
         Gridded(torch.zeros(5, 3, 3), coarsen=2, subsample=2, grid_shape=(12, 8), noise_std=1.0)
     with pytest.raises(ValueError, match="values"):
-        Background(torch.zeros(5), 1.0)
+        Background(torch.zeros(5, 1, 1, 1), 1.0)  # (5,) is a column
     with pytest.raises(ValueError, match="mask"):
         Background(torch.zeros(2, 4), 1.0, mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="grid_shape"):

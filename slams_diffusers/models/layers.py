@@ -1,7 +1,8 @@
 """Shared building blocks of the models: padded convolutions, residual blocks, resampling
 and the sinusoidal time embedding.
 
-Tensors are ``(B, C, *space)`` with ``len(space) == spatial_dims`` in {1, 2}. The last axis is
+Tensors are ``(B, C, *space)`` with ``len(space) == spatial_dims`` in {1, 2} (``(B, C)`` for
+the column block). The last axis is
 ``x``: with ``periodic=True`` it is padded circularly (a periodic domain, e.g. longitude or a
 doubly periodic beta-plane in x); every other axis is zero-padded. All ops are functional (no
 in-place writes), so the blocks work under ``torch.autograd.grad``, ``torch.func.jvp`` and
@@ -20,6 +21,7 @@ from torch import nn
 __all__ = [
     "PaddedConv",
     "ResidualBlock",
+    "ResidualMLPBlock",
     "Downsample",
     "Upsample",
     "group_norm",
@@ -41,10 +43,13 @@ def channel_values(
     return out
 
 
-def validate_spatial_dims(spatial_dims: int) -> int:
-    """Return ``spatial_dims`` if it is 1 or 2, else raise ``ValueError``."""
-    if spatial_dims not in (1, 2):
-        raise ValueError(f"`spatial_dims` must be 1 or 2, got {spatial_dims!r}.")
+def validate_spatial_dims(spatial_dims: int, column: bool = False) -> int:
+    """Return ``spatial_dims`` if it is 1 or 2 (or 0, a column ``(level,)``, where ``column``),
+    else raise ``ValueError``."""
+    allowed = (0, 1, 2) if column else (1, 2)
+    if isinstance(spatial_dims, bool) or spatial_dims not in allowed:
+        expected = "0 (a column), 1 or 2" if column else "1 or 2"
+        raise ValueError(f"`spatial_dims` must be {expected}, got {spatial_dims!r}.")
     return int(spatial_dims)
 
 
@@ -125,6 +130,28 @@ class ResidualBlock(nn.Module):
             t = self.temb_proj(F.silu(temb))
             out = out + t.reshape(*t.shape, *([1] * self.spatial_dims))
         out = self.conv2(F.silu(self.norm2(out)))
+        return self.skip(h) + out
+
+
+class ResidualMLPBlock(nn.Module):
+    """:class:`ResidualBlock` without space (a column): the two convolutions are linear maps.
+    ``(B, C_in)`` -> ``(B, C_out)``, with the time embedding ``temb`` ``(B, temb_dim)`` added
+    between them."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.linear1 = nn.Linear(in_channels, out_channels)
+        self.temb_proj = nn.Linear(temb_dim, out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.linear2 = nn.Linear(out_channels, out_channels)
+        self.skip = (
+            nn.Linear(in_channels, out_channels) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        out = self.linear1(F.silu(self.norm1(h))) + self.temb_proj(F.silu(temb))
+        out = self.linear2(F.silu(self.norm2(out)))
         return self.skip(h) + out
 
 

@@ -58,7 +58,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
 
     Args:
         levels: number of vertical levels (channels of the state and of its "latent").
-        spatial_dims: 1 (``(level, x)``) or 2 (``(level, y, x)``).
+        spatial_dims: 1 (``(level, x)``), 2 (``(level, y, x)``) or 0 (a column ``(level,)``).
         level_mean, level_std: per-level statistics [K]; ``None`` -> 0 / 1.
         levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
             ``None`` when unknown or not pressure levels.
@@ -76,7 +76,7 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         grid_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        validate_spatial_dims(spatial_dims)
+        validate_spatial_dims(spatial_dims, column=True)
         if levels < 1:
             raise ValueError(f"`levels` must be >= 1, got {levels}.")
         mean = channel_values(level_mean, levels, "level_mean", 0.0)

@@ -1,4 +1,5 @@
-"""Noise-prediction U-Net ``eps_theta(z_t, t)`` over Markov-blanket windows, 1-D or 2-D."""
+"""Noise-prediction network ``eps_theta(z_t, t)`` over Markov-blanket windows: a U-Net on 1-D or
+2-D grids, a residual MLP on columns."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .layers import (
     Downsample,
     PaddedConv,
     ResidualBlock,
+    ResidualMLPBlock,
     Upsample,
     group_norm,
     sinusoidal_embedding,
@@ -43,11 +45,16 @@ class ScoreNet(ModelMixin, ConfigMixin):
     skip connections. Time: ``emb = MLP(sinusoidal(1000 t))`` is added in every residual block.
     Space must be divisible by ``2^(L-1)``. The score is ``s = -eps / sigma_t``.
 
+    A column (``spatial_dims=0``, ``sample`` ``(B, window, C)``) has no grid to convolve or
+    halve: the network is a residual MLP on the ``window * C`` values, the same blocks with
+    linear maps in place of convolutions (:class:`~.layers.ResidualMLPBlock`), ``layers_per_block``
+    blocks per width of ``hidden_channels`` and two more at the last width.
+
     Args:
         in_channels: channels ``C`` per window frame (latent channels, or levels in pixel space).
         window: frames per sample, ``2k + 1`` (the Markov blanket).
-        spatial_dims: 1 or 2.
-        hidden_channels: widths per resolution level.
+        spatial_dims: 1 or 2, or 0 for a column.
+        hidden_channels: widths per resolution level (per block group of a column).
         layers_per_block: residual blocks per level (down path; the up path has as many).
         periodic: circular padding along x.
         time_embedding_dim: width of the time embedding.
@@ -65,7 +72,7 @@ class ScoreNet(ModelMixin, ConfigMixin):
         time_embedding_dim: int = 128,
     ) -> None:
         super().__init__()
-        validate_spatial_dims(spatial_dims)
+        validate_spatial_dims(spatial_dims, column=True)
         if window < 1 or window % 2 != 1:
             raise ValueError(f"`window` must be odd (2k + 1), got {window!r}.")
         if in_channels < 1 or layers_per_block < 1 or time_embedding_dim < 1:
@@ -80,6 +87,9 @@ class ScoreNet(ModelMixin, ConfigMixin):
         sd, per, temb = spatial_dims, periodic, time_embedding_dim
         self.time_mlp = nn.Sequential(nn.Linear(hidden[0], temb), nn.SiLU(), nn.Linear(temb, temb))
         channels = window * in_channels
+        if sd == 0:
+            self._build_column(channels, hidden, layers_per_block, temb)
+            return
         self.conv_in = PaddedConv(sd, channels, hidden[0], 3, periodic=per)
 
         self.down = nn.ModuleList()
@@ -113,6 +123,18 @@ class ScoreNet(ModelMixin, ConfigMixin):
         self.norm_out = group_norm(ch)
         self.conv_out = PaddedConv(sd, ch, channels, 3, periodic=per)
 
+    def _build_column(
+        self, channels: int, hidden: list[int], layers_per_block: int, temb: int
+    ) -> None:
+        self.linear_in = nn.Linear(channels, hidden[0])
+        widths = [w for w in hidden for _ in range(layers_per_block)] + [hidden[-1]] * 2
+        inputs = [hidden[0], *widths[:-1]]
+        self.blocks = nn.ModuleList(
+            ResidualMLPBlock(a, b, temb) for a, b in zip(inputs, widths, strict=True)
+        )
+        self.norm_out = group_norm(hidden[-1])
+        self.linear_out = nn.Linear(hidden[-1], channels)
+
     def _time(self, timestep: float | torch.Tensor, batch: int, ref: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(timestep, dtype=ref.dtype, device=ref.device)
         if t.ndim == 0 or (t.ndim == 1 and t.shape[0] == 1):
@@ -134,15 +156,15 @@ class ScoreNet(ModelMixin, ConfigMixin):
         ``(B,)``) -> ``eps`` of the same shape as ``sample``."""
         cfg = self.config
         sd, window, c = cfg.spatial_dims, cfg.window, cfg.in_channels
-        axes = ", ".join(["y", "x"][-sd:])
+        axes = "".join(", " + a for a in ["y", "x"][2 - sd :])
         if not isinstance(sample, torch.Tensor) or sample.ndim != 3 + sd:
             found = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample)
             raise ValueError(
-                f"`sample` must be a {3 + sd}-D tensor (B, window, C, {axes}), got {found}."
+                f"`sample` must be a {3 + sd}-D tensor (B, window, C{axes}), got {found}."
             )
         if sample.shape[1] != window or sample.shape[2] != c:
             raise ValueError(
-                f"`sample` must be (B, window={window}, C={c}, {axes}), got {tuple(sample.shape)}."
+                f"`sample` must be (B, window={window}, C={c}{axes}), got {tuple(sample.shape)}."
             )
         div = 2 ** (len(cfg.hidden_channels) - 1)
         if any(s % div for s in sample.shape[3:]):
@@ -153,6 +175,12 @@ class ScoreNet(ModelMixin, ConfigMixin):
         b = sample.shape[0]
         t = self._time(timestep, b, sample)
         emb = self.time_mlp(sinusoidal_embedding(TIME_SCALE * t, cfg.hidden_channels[0]))
+        if sd == 0:
+            h = self.linear_in(sample.reshape(b, window * c))
+            for block in self.blocks:
+                h = block(h, emb)
+            eps = self.linear_out(F.silu(self.norm_out(h))).reshape(sample.shape)
+            return ScoreNetOutput(sample=eps) if return_dict else (eps,)
 
         h = self.conv_in(sample.reshape(b, window * c, *sample.shape[3:]))
         skips = []

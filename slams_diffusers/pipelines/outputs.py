@@ -72,7 +72,7 @@ def to_output(
     if output_type == "np":
         return AssimilationOutput(*arrays, latents=latents)
     if template is None:
-        space_names = ("y", "x")[-spatial_dims:]
+        space_names = ("y", "x")[2 - spatial_dims :]
         template = xr.DataArray(arrays[1], dims=("time", "level", *space_names))
     attrs = {**DEFAULT_ATTRS, **template.attrs}
     template = template.copy(deep=False).rename(None)  # a copy: the caller's attrs are kept
