@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 
 from .data.stores import CELSIUS_UNITS, DIM_ALIASES, find_variable, open_store
-from .observations import Observation, Satellite, Stations
+from .observations import Observation, Profile, Satellite, Stations
 
 __all__ = [
     "BackgroundFile",
@@ -535,6 +535,8 @@ def _positions(
 ) -> np.ndarray:
     """Fractional grid indices ``(rows, spatial_dims)`` of the rows' ``y, x`` or ``lat, lon``."""
     dims = background.spatial_dims
+    if not dims:  # a column: nothing to locate
+        return np.zeros((len(table), 0))
     columns = set(table.columns)
     by_degrees = {"y": "lat", "x": "lon"}
     ids = table["station"].to_numpy()
@@ -623,6 +625,8 @@ def read_stations(
     grid = background.grid_shape
     periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
     times = _time_indices(table["time"].to_numpy(), data, where)
+    if not grid and "pressure" in columns and "level" in data.coords:
+        return _column_profiles(table, times, data, where)
     if "pressure" in columns:
         if "level" not in data.coords:
             raise ValueError(
@@ -697,6 +701,34 @@ def read_stations(
     return out
 
 
+def _column_profiles(
+    table: Any, times: np.ndarray, data: xr.DataArray, where: str
+) -> list[Observation]:
+    """A column background's station rows as one :class:`~slams_diffusers.observations.Profile`
+    per time: reports at any pressure (a surface report, a sonde's own levels), linear in
+    ``ln p`` between the background's levels."""
+    pressure = table["pressure"].to_numpy(dtype=float)
+    value = table["value"].to_numpy(dtype=float)
+    error = table["error"].to_numpy(dtype=float)
+    levels = np.asarray(data.coords["level"].values, dtype=float).tolist()
+    out = []
+    for t in np.unique(times):
+        rows = np.flatnonzero(times == t)
+        try:
+            profile = Profile(
+                values=torch.from_numpy(value[rows]).float(),
+                pressures=pressure[rows].tolist(),
+                model_pressures=levels,
+                noise_std=torch.from_numpy(np.where(np.isnan(value[rows]), 1.0, error[rows])),
+                modality="stations",
+                time_index=int(t),
+            )
+        except ValueError as error_:
+            raise ValueError(f"{where}: {_first_line(error_)}") from error_
+        out.append(profile)
+    return out
+
+
 # ------------------------------------------------------------------------ satellite
 def _canonical_space(dataset: xr.Dataset) -> xr.Dataset:
     renames = {}
@@ -764,13 +796,13 @@ def read_satellite(
         )
     grid = background.grid_shape
     coarse = tuple(radiance.sizes[d] for d in space)
-    ratios = {n // m for n, m in zip(grid, coarse, strict=True) if m and n % m == 0}
+    ratios = {n // m for n, m in zip(grid, coarse, strict=True) if m and n % m == 0} or {1}
     if len(ratios) != 1 or any(m == 0 or n % m for n, m in zip(grid, coarse, strict=True)):
         raise ValueError(
             f"{where}: radiance grid {coarse} is not the background's grid {grid} coarsened by "
             "one integer footprint"
         )
-    footprint = ratios.pop()
+    footprint = ratios.pop()  # 1 for a column
     times = _time_indices(radiance.coords["time"].values, data, where)
     values = np.asarray(radiance.values, dtype=np.float64)
     if np.isinf(values).any():
