@@ -643,6 +643,9 @@ class Stations(Observation):
         sd = self.spatial_dims
         lev = torch.tensor(self.levels, dtype=torch.long, device=state.device)
         sel = state.index_select(state.ndim - 1 - sd, lev)  # (..., m, *grid)
+        if sd == 0:  # a column: every station reads its levels
+            n = self.positions.shape[0]
+            return sel.unsqueeze(-2).expand(*sel.shape[:-1], n, sel.shape[-1])
         flat = sel.flatten(start_dim=sel.ndim - sd)  # (..., m, cells)
         idx, wts = self._interp_weights(state.device, state.dtype)  # (k, n)
         k, n = idx.shape

@@ -8,7 +8,15 @@ import torch
 from torch import Tensor
 
 from .models.gaussian_score import GaussianScoreModel
-from .observations import Gridded, Observation, Stations
+from .models.level_normalizer import LevelNormalizer
+from .observations import (
+    Gridded,
+    Observation,
+    Profile,
+    Satellite,
+    Stations,
+    gaussian_weighting_functions,
+)
 from .pipelines.pipeline_slams import SLAMSPipeline
 from .schedulers.scheduling_vp_pc import VPPredictorCorrectorScheduler
 
@@ -112,7 +120,10 @@ def _problem(
     frames = prior_mean.shape[0]
     window_size = prior_mean[:window].numel()
     score = GaussianScoreModel.from_moments(
-        prior_mean[:window], prior_covariance[:window_size, :window_size], window=window
+        prior_mean[:window],
+        prior_covariance[:window_size, :window_size],
+        window=window,
+        in_channels=prior_mean.shape[1],
     )
     pipeline = SLAMSPipeline(score_model=score, scheduler=VPPredictorCorrectorScheduler())
     pipeline.set_progress_bar_config(disable=True)
@@ -143,6 +154,59 @@ def gaussian_field_problem(
         generator=generator,
     )
     return _problem(mean, covariance, 1, [observation])
+
+
+def column_problem(
+    pressures: tuple[float, ...] = (850.0, 700.0, 600.0, 500.0, 400.0, 300.0, 250.0, 200.0),
+    length: float = 0.4,
+    std: float = 3.0,
+    seed: int = 0,
+) -> GaussianProblem:
+    """A temperature column ``x ~ N(m, C)`` on ``pressures`` [hPa] (``C_ij = std² exp(-|ln p_i −
+    ln p_j|² / 2 length²)``, a standard-atmosphere-like mean) observed by a surface report below
+    the lowest level (:class:`~slams_diffusers.observations.Profile`, 1 K) and three sounder
+    channels (:class:`~slams_diffusers.observations.Satellite`, 0.3 K); the truth is a prior
+    draw. The pipeline diffuses level-normalised values (a
+    :class:`~slams_diffusers.models.LevelNormalizer` with the prior's mean and std), like a
+    trained pixel-space pipeline."""
+    generator = torch.Generator().manual_seed(seed)
+    log_p = torch.tensor(pressures, dtype=torch.float64).log()
+    covariance = std**2 * torch.exp(-((log_p[:, None] - log_p[None]) ** 2) / (2 * length**2))
+    covariance += 1e-6 * torch.eye(len(pressures), dtype=torch.float64)
+    mean = (288.0 + 45.0 * (log_p - log_p[0])).reshape(1, -1)
+    truth = mean.reshape(-1) + torch.linalg.cholesky(covariance) @ torch.randn(
+        len(pressures), generator=generator, dtype=torch.float64
+    )
+    weights = gaussian_weighting_functions(pressures, [700.0, 450.0, 250.0]).double()
+    sounder = Satellite.simulate(truth[:, None], weights, 1, 0.3, generator=generator)
+    sounder = Satellite(
+        values=sounder.values[:, 0], weights=weights, footprint=1, grid_shape=(), noise_std=0.3
+    )
+    surface = Profile(values=[0.0], pressures=[960.0], model_pressures=pressures, noise_std=1.0)
+    surface = surface.replace_values(
+        surface.operator(truth) + torch.randn(1, generator=generator, dtype=torch.float64)
+    )
+    observations: list[Observation] = [surface, sounder]
+    # the diffusion runs on level-normalised values, as a trained pipeline's does
+    scale = covariance.diagonal().sqrt()
+    normalizer = LevelNormalizer(
+        levels=len(pressures),
+        spatial_dims=0,
+        level_mean=mean.reshape(-1).tolist(),
+        level_std=scale.tolist(),
+        levels_hpa=list(pressures),
+    )
+    score = GaussianScoreModel.from_moments(
+        torch.zeros_like(mean),
+        covariance / (scale[:, None] * scale[None]),
+        in_channels=len(pressures),
+    )
+    pipeline = SLAMSPipeline(
+        score_model=score, scheduler=VPPredictorCorrectorScheduler(), autoencoder=normalizer
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    posterior = GaussianPosterior.from_observations(mean, covariance, observations)
+    return GaussianProblem(pipeline, observations, posterior, 1)
 
 
 def ar1_trajectory_problem(
@@ -188,6 +252,7 @@ __all__ = [
     "GaussianPosterior",
     "GaussianProblem",
     "ar1_trajectory_problem",
+    "column_problem",
     "gaussian_field_problem",
     "GaussianScoreModel",
     "ar1_covariance",
