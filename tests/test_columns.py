@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 
 from slams_diffusers import LevelNormalizer, ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
-from slams_diffusers.baselines import optimal_interpolation
+from slams_diffusers.baselines import letkf, optimal_interpolation, stochastic_enkf
 from slams_diffusers.cli import main
 from slams_diffusers.covariance import DenseCovariance, DiagonalCovariance
 from slams_diffusers.observations import Profile, Satellite, Stations, gaussian_weighting_functions
@@ -178,3 +178,20 @@ def test_slams_assimilate_and_evaluate_a_column_file(column_pipeline, tmp_path, 
     assert main([*evaluate, "--truth", str(tmp_path / "truth.nc")]) == 0
     printed = capsys.readouterr().out
     assert "500 hPa" in printed and "all" in printed
+
+
+def test_the_ensemble_filters_update_a_column():
+    """The ETKF's mean is the Kalman mean with the ensemble's own mean and covariance; the
+    perturbed-observation EnKF's is the same up to its perturbations' sampling error."""
+    truth, observations = _observations()
+    generator = torch.Generator().manual_seed(0)
+    ensemble = (truth + 3.0 * torch.randn(400, 5, generator=generator)).double()
+    exact = GaussianPosterior.from_observations(
+        ensemble.mean(0, keepdim=True), torch.cov(ensemble.T), observations
+    ).mean[0]
+    torch.testing.assert_close(letkf(ensemble, observations).mean(0), exact, rtol=0, atol=1e-6)
+    perturbed = stochastic_enkf(ensemble, observations, generator=generator).mean(0)
+    # the mean of 400 perturbations is off by σ_y / 20 ≤ 0.1 K, carried through a gain below one
+    assert float((perturbed - exact).abs().max()) < 0.2
+    with pytest.raises(ValueError, match="localization_radius: a column has no horizontal"):
+        letkf(ensemble, observations, localization_radius=2.0)

@@ -132,7 +132,7 @@ def _observe(
         return _Observed(empty, empty, torch.zeros(n, 0, **f64), None)
     with torch.no_grad():
         seen = ensemble if operator is None else operator(ensemble)
-    if not isinstance(seen, Tensor) or seen.ndim < 3 or seen.shape[0] != n:
+    if not isinstance(seen, Tensor) or seen.ndim < 2 or seen.shape[0] != n:
         raise ValueError(
             f"operator: expected it to map the ensemble {tuple(ensemble.shape)} to states "
             f"(N, levels, *space) with N={n}, got {getattr(seen, 'shape', type(seen).__name__)}"
@@ -170,6 +170,11 @@ def _columns(
         return ensemble.reshape(n, -1, 1), None
     grid = tuple(observations[0].grid_shape)  # type: ignore[attr-defined]
     sd = len(grid)
+    if sd == 0:
+        raise ValueError(
+            f"localization_radius: a column has no horizontal distance to localise over; got "
+            f"{radius!r}, expected None"
+        )
     if ensemble.ndim < 1 + sd or tuple(ensemble.shape[-sd:]) != grid:
         raise ValueError(
             f"ensemble: localisation needs states ending in the observations' grid {grid}, "
