@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--cases", type=int, default=None, help="first N test launches (all)")
     parser.add_argument("--seed", type=int, default=0, help="of the sounder noise")
+    parser.add_argument("--split", default="test", help="test, or val to choose a model on")
     parser.add_argument("--name", default="raob_column")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     mean, cov = profiles.mean(0), torch.cov(profiles.T)
     levels = len(mean)
     covariance = DenseCovariance.from_matrix(cov, levels, ())
-    cases = column_cases(data, "test", "raob", seed=args.seed)[: args.cases]
+    cases = column_cases(data, args.split, "raob", seed=args.seed)[: args.cases]
     pipe = SLAMSPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
 
@@ -139,7 +140,7 @@ def main() -> None:
         "results": results,
     }
     title = (
-        f"Real radiosondes held out by time ({len(cases)} launches from 2005; {args.members} "
+        f"Real radiosondes held out by time ({len(cases)} {args.split} launches; {args.members} "
         f"members × {args.steps} steps; background = training climatology) [K]"
     )
     write(args.name, payload, list(rows[0]), rows, title)
