@@ -55,6 +55,7 @@ __all__ = [
     "check_observation_range",
     "check_qc_threshold",
     "climatology",
+    "departures",
     "quality_control",
 ]
 
@@ -256,16 +257,18 @@ def climatology(
     return observation.operator(field_mean), level_scale(observation, std)
 
 
-def _departures(
+def departures(
     observation: Observation,
     background: Background | None,
     level_mean: Sequence[float] | None,
     level_std: Sequence[float] | None,
 ) -> tuple[str, Tensor, Tensor, Tensor | None] | None:
     """``(reference, expected, σ_d, gross)`` per value of ``observation`` (float64, on its device):
-    against ``background`` when given, else the climatology; ``gross`` is the climatological range
-    check (:data:`GROSS_RANGE_STD`), ``None`` without a recorded climatology. ``None`` when there is
-    no reference at all."""
+    the reference's name (``"background"``, ``"climatology"``), its prediction of the values and
+    the departure std σ_d, against ``background`` (a :class:`Background` at the observation's step)
+    when given, else the climatology; ``gross`` is the climatological range check
+    (:data:`GROSS_RANGE_STD`), ``None`` without a recorded climatology. ``None`` when there is no
+    reference at all. The check rejects ``|y − expected| > k σ_d`` or ``gross``."""
     noise = observation.noise_variance().to(torch.float64)
     gross = None
     if level_mean is not None and level_std is not None:
@@ -311,7 +314,7 @@ def quality_control(
         if isinstance(observation, Background) or observation.num_observed == 0:
             kept.append(observation)
             continue
-        found = _departures(
+        found = departures(
             observation, backgrounds.get(observation.time_index), level_mean, level_std
         )
         if found is None:
