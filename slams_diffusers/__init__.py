@@ -35,6 +35,7 @@ from .observations import (
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
+from .quality_control import QualityControlReport, quality_control
 from .schedulers import (
     VPPredictorCorrectorScheduler,
     VPPredictorCorrectorSchedulerOutput,
@@ -59,6 +60,7 @@ __all__ = [
     "Observation",
     "ObservationEncoder",
     "ObservationEncoderOutput",
+    "QualityControlReport",
     "SLAMSFilter",
     "SLAMSPipeline",
     "Satellite",
@@ -81,6 +83,7 @@ __all__ = [
     "gaussian_weighting_functions",
     "likelihood_score",
     "nmc_covariance",
+    "quality_control",
     "smooth_record",
     "numpy_forecast",
     "tweedie_denoise",
