@@ -23,9 +23,10 @@ into every member (the decoded guidance and the unresolved-part update are linea
 ``diag(A B Aᵀ)`` is computed exactly for the declared ``B`` (:func:`background_error_variance`):
 the rows ``a_i = Aᵀ e_i`` of the operator come from one vector-Jacobian product over a batch of
 unit vectors (the Jacobian of ``A`` at ``x_b`` for an operator that is not linear), and
-``(A B Aᵀ)_ii = a_iᵀ B a_i`` from ``B``'s own ``apply`` (an FFT for a spectral ``B``). A station
-between grid nodes thus gets the variance of its bilinear interpolation, and a satellite value the
-variance of its weighted vertical sum averaged over its footprint, correlations included.
+``(A B Aᵀ)_ii = a_iᵀ B a_i``: for a homogeneous (spectral) ``B`` summed over the row's few nonzero
+entries with ``B``'s lag covariance, else with ``B``'s own ``apply``. A station between grid nodes
+thus gets the variance of its bilinear interpolation, and a satellite value the variance of its
+weighted vertical sum averaged over its footprint, correlations included.
 
 Rejected values become missing (NaN, ``mask`` false) in copies of the observations; the caller's
 objects are never changed. :class:`QualityControlReport` lists the counts per modality and every
@@ -131,10 +132,6 @@ class QualityControlReport:
             f"Quality control (|y − reference| > {self.threshold:g} σ_d) rejected "
             f"{counts or 'nothing (no value checked)'}"
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain types (JSON)."""
-        return asdict(self)
 
     def to_attrs(self, prefix: str = "slams_qc") -> dict[str, Any]:
         """netCDF global attributes: ``<prefix>_threshold``, ``<prefix>_checked_<modality>``,
