@@ -36,6 +36,7 @@ from .observations import (
     gaussian_weighting_functions,
 )
 from .pipelines import AssimilationOutput, SLAMSPipeline
+from .quality_control import QualityControlReport, quality_control
 from .schedulers import (
     VPPredictorCorrectorScheduler,
     VPPredictorCorrectorSchedulerOutput,
@@ -61,6 +62,7 @@ __all__ = [
     "ObservationEncoder",
     "ObservationEncoderOutput",
     "Profile",
+    "QualityControlReport",
     "SLAMSFilter",
     "SLAMSPipeline",
     "Satellite",
@@ -83,6 +85,7 @@ __all__ = [
     "gaussian_weighting_functions",
     "likelihood_score",
     "nmc_covariance",
+    "quality_control",
     "smooth_record",
     "numpy_forecast",
     "tweedie_denoise",

@@ -183,6 +183,76 @@ def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, .
     return periodic_axes([d for d in spatial_dims if d in choice] or "none", len(spatial_dims))
 
 
+def _add_qc_arguments(add) -> None:
+    """``--qc-threshold`` and ``--no-qc`` (the pipeline's ``qc_threshold`` and ``qc``)."""
+    from .quality_control import QC_THRESHOLD
+
+    add(
+        "--qc-threshold",
+        type=_positive_float,
+        default=QC_THRESHOLD,
+        help="quality control: a value whose innovation exceeds k sqrt(σ_y² + (A B Aᵀ)_ii) "
+        "(against the climatology without a background) is rejected; this is k (default "
+        f"{QC_THRESHOLD:g})",
+    )
+    add(
+        "--no-qc",
+        dest="qc",
+        action="store_false",
+        help="assimilate every value (one more than 10 climatological std away stops the run)",
+    )
+
+
+def _qc_records(report, observations, start: int, times) -> list[dict]:
+    """The rejected values of ``report`` (positions into ``observations``) as plain records: their
+    step ``start + time_index`` and its time on the file's ``times``, a station's grid position and
+    model level."""
+    from dataclasses import asdict
+
+    records = []
+    for r in report.rejections:
+        record = {**asdict(r), "index": list(r.index), "time_index": start + r.time_index}
+        record["time"] = str(times[start + r.time_index])
+        observation = observations[r.observation]
+        if hasattr(observation, "positions"):
+            record["position"] = observation.positions[r.index[0]].tolist()
+            record["level"] = int(observation.levels[r.index[1]])
+        del record["observation"]
+        records.append(record)
+    return records
+
+
+def _qc_attrs(args: argparse.Namespace, parts: list[dict]) -> dict:
+    """The file's global attributes of quality control, summed over ``parts`` (``{"checked",
+    "rejected", "rejections"}`` of each window or cycle): ``slams_qc``, ``slams_qc_threshold``,
+    ``slams_qc_checked_<modality>``, ``slams_qc_rejected_<modality>`` and
+    ``slams_qc_rejections`` (JSON of :func:`_qc_records`)."""
+    if not args.qc:
+        return {"slams_qc": "off"}
+    checked: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    rejections: list[dict] = []
+    for part in parts:
+        for key, total in (("checked", checked), ("rejected", rejected)):
+            for modality, count in part[key].items():
+                total[modality] = total.get(modality, 0) + int(count)
+        rejections += part["rejections"]
+    attrs: dict = {"slams_qc": "on", "slams_qc_threshold": float(args.qc_threshold)}
+    for modality in sorted({*checked, *rejected}):
+        attrs[f"slams_qc_checked_{modality}"] = checked.get(modality, 0)
+        attrs[f"slams_qc_rejected_{modality}"] = rejected.get(modality, 0)
+    attrs["slams_qc_rejections"] = json.dumps(rejections)
+    return attrs
+
+
+def _qc_printed(attrs: dict) -> dict | str:
+    """The printed summary's ``qc_rejected``: per modality, or ``"off"``."""
+    if attrs["slams_qc"] == "off":
+        return "off"
+    prefix = "slams_qc_rejected_"
+    return {k[len(prefix) :]: v for k, v in attrs.items() if k.startswith(prefix)}
+
+
 def _assimilate(args: argparse.Namespace) -> int:
     """Assimilate the observation files into the background file, window by window."""
     from .io import (
@@ -234,9 +304,10 @@ def _assimilate(args: argparse.Namespace) -> int:
                     disable=not (args.progress and state.is_main_process),
                     desc=f"window {w + 1}/{len(windows)}",
                 )
+                observed = window_observations(observations, window)
                 analysis = pipe(
                     background=background.data.isel(time=window),
-                    observations=window_observations(observations, window),
+                    observations=observed,
                     num_members=args.members,
                     num_inference_steps=args.steps,
                     guidance=args.guidance,
@@ -245,10 +316,23 @@ def _assimilate(args: argparse.Namespace) -> int:
                     background_error_covariance=covariance,
                     background_error_length_scale=args.background_error_length_scale,
                     spread_inflation=args.spread_inflation,
+                    qc=args.qc,
+                    qc_threshold=args.qc_threshold,
                     generator=member_generators(args.seed, w, args.members),
                     output_type="xarray",
                 )
-                analysis.dataset.to_netcdf(parts / f"window-{w:06d}.nc")
+                part = analysis.dataset  # its slams_qc_* are the window's: the file gets the sum
+                part.attrs = {k: v for k, v in part.attrs.items() if not k.startswith("slams_qc")}
+                report = analysis.quality_control
+                if report is not None:
+                    times = background.data["time"].values
+                    record = {
+                        "checked": report.checked,
+                        "rejected": report.rejected,
+                        "rejections": _qc_records(report, observed, window.start, times),
+                    }
+                    part.attrs["slams_qc_window"] = json.dumps(record)
+                part.to_netcdf(parts / f"window-{w:06d}.nc")
     except BaseException:
         shutil.rmtree(parts, ignore_errors=True)
         raise
@@ -258,6 +342,9 @@ def _assimilate(args: argparse.Namespace) -> int:
 
         files = [parts / f"window-{w:06d}.nc" for w in range(len(windows))]
         pieces = [xr.load_dataset(f) for f in files]
+        quality = _qc_attrs(
+            args, [json.loads(p.attrs.pop("slams_qc_window", "{}")) for p in pieces]
+        )
         dataset = xr.concat(pieces, dim="time") if len(pieces) > 1 else pieces[0]
         command = "slams assimilate " + " ".join(map(shlex.quote, args.argv))
         history = str(background.attrs.get("history", "")).strip()
@@ -276,6 +363,7 @@ def _assimilate(args: argparse.Namespace) -> int:
                 "slams_guidance": args.guidance,
                 "slams_windows": len(windows),
                 "slams_processes": state.num_processes,
+                **quality,
             },
         )
         for f in files:
@@ -292,6 +380,7 @@ def _assimilate(args: argparse.Namespace) -> int:
                     "steps": args.steps,
                     "observations": len(observations),
                     "processes": state.num_processes,
+                    "qc_rejected": _qc_printed(quality),
                     "seconds": round(time.perf_counter() - start, 1),
                 }
             )
@@ -399,6 +488,30 @@ def _forecast_model(args: argparse.Namespace, initial):
     return _import_forecast_model(args.model)
 
 
+def _cycle_qc(report, per_cycle: list, k: int, lag: int, times) -> dict:
+    """What quality control did with cycle ``k``'s own observations ``per_cycle[k]``, the last of
+    the filter's window ``[background, per_cycle[k − ℓ] … per_cycle[k]]`` (:func:`_qc_attrs`)."""
+    import dataclasses
+
+    from .quality_control import QualityControlReport
+
+    first = 1 + sum(len(per_cycle[j]) for j in range(max(0, k - lag), k))
+    own = [
+        dataclasses.replace(r, observation=r.observation - first, time_index=0)
+        for r in report.rejections
+        if r.observation >= first
+    ]
+    checked: dict[str, int] = {}
+    for observation in per_cycle[k]:
+        checked[observation.modality] = checked.get(observation.modality, 0)
+        checked[observation.modality] += observation.num_observed
+    rejected = {m: sum(r.modality == m for r in own) for m in checked}
+    records = _qc_records(
+        QualityControlReport(report.threshold, rejections=own), per_cycle[k], k, times
+    )
+    return {"checked": checked, "rejected": rejected, "rejections": records}
+
+
 def _cycle(args: argparse.Namespace) -> int:
     """Cycle forecast -> assimilate over the observation files' times (``SLAMSFilter``)."""
     import numpy as np
@@ -500,8 +613,11 @@ def _cycle(args: argparse.Namespace) -> int:
         covariance_inflation=args.inflation,
         seed=args.seed,
         num_inference_steps=args.num_inference_steps,
+        qc=args.qc,
+        qc_threshold=args.qc_threshold,
     )
     analyses, forecasts, smoothed = [], [], [None] * len(times)
+    checks = []  # per cycle, what quality control did with that cycle's own observations
     for k, cycle_observations in enumerate(per_cycle):
         pipe.set_progress_bar_config(disable=not args.progress, desc=f"cycle {k + 1}/{len(times)}")
         try:
@@ -513,6 +629,8 @@ def _cycle(args: argparse.Namespace) -> int:
             raise ValueError(f"{label}: cycle {k}: {text.split(':', 1)[1].strip()}") from error
         analyses.append(output.analysis.cpu())
         forecasts.append(output.forecast.cpu())
+        if output.quality_control is not None:
+            checks.append(_cycle_qc(output.quality_control, per_cycle, k, args.lag, times))
         if output.smoothed is not None:
             smoothed[k - args.lag] = output.smoothed.cpu()
 
@@ -562,6 +680,7 @@ def _cycle(args: argparse.Namespace) -> int:
     }
     if args.localization_radius is not None:
         extra["slams_localization_radius"] = args.localization_radius
+    extra.update(_qc_attrs(args, checks))
     write_analysis(dataset, out, background=initial, overwrite=args.overwrite, attrs=extra)
     print(
         json.dumps(
@@ -571,6 +690,7 @@ def _cycle(args: argparse.Namespace) -> int:
                 "cycle_interval": str(interval) if interval is not None else None,
                 "members": members,
                 "observations": len(observations),
+                "qc_rejected": _qc_printed(extra),
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )
@@ -873,6 +993,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"{len(validation)} validation windows [K]"
     )
     print(_level_table(names, columns, overall))
+    print(out.quality_control.summary())
     print(f"wrote {nc} and {png} ({time.perf_counter() - start:.0f} s)")
     return 0 if overall["RMSE SLAMS"] < overall["RMSE background"] else 1
 
@@ -1092,6 +1213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline's, fitted on validation windows; 1: uninflated)",
     )
     add("--window-length", type=_positive_int, default=None, help="default: the model's window")
+    _add_qc_arguments(add)
     add("--seed", type=int, default=0, help="window w, member m draw from seed (seed, w, m)")
     add("--out", required=True, help="the analysis file (.nc)")
     add("--plot", default=None, help="also draw the last step as a PNG")
@@ -1151,6 +1273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--members", type=_positive_int, default=None, help="default: the initial file's")
     add("--num-inference-steps", type=_positive_int, default=32)
+    _add_qc_arguments(add)
     add("--seed", type=_nonnegative_int, default=0, help="cycle k, member m draw from (seed, k, m)")
     add("--out", required=True, help="the analyses file (.nc)")
     add("--overwrite", action="store_true", help="replace an existing --out")

@@ -50,6 +50,7 @@ __all__ = [
     "DenseCovariance",
     "DiagonalCovariance",
     "SpectralCovariance",
+    "background_covariance_of",
     "default_background_covariance",
     "estimate_background_covariance",
     "nmc_covariance",
@@ -858,6 +859,16 @@ def default_background_covariance(
     if (std < 0).any() or not torch.isfinite(std).all():
         raise ValueError(f"`background_error_std` must be finite and >= 0, got {std}")
     return DiagonalCovariance.from_std(std, levels, space)
+
+
+def background_covariance_of(background: Any) -> Any:
+    """``B`` of a :class:`~slams_diffusers.observations.Background`: its ``covariance`` object,
+    else ``diag(noise_std²)`` (:func:`default_background_covariance`)."""
+    if background.covariance is not None:
+        return background.covariance
+    return default_background_covariance(
+        background.noise_std, background.num_levels, background.grid_shape
+    )
 
 
 def resolve_background_covariance(

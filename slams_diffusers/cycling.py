@@ -79,12 +79,16 @@ class CycleOutput(BaseOutput):
         forecast: the forecast (background) members of this cycle ``(members, *state)``.
         smoothed: with ``lag = ℓ``, the members of cycle ``k − ℓ`` given ``y_{1:k}``; ``None``
             for the filter and the first ``ℓ`` cycles.
+        quality_control: the pipeline's quality-control report of this cycle's window (the
+            observations of cycles ``k − ℓ … k`` against the forecast of cycle ``k − ℓ``, frame
+            ``time_index``); ``None`` with ``qc=False``.
     """
 
     cycle: int
     analysis: Tensor
     forecast: Tensor
     smoothed: Tensor | None = None
+    quality_control: Any = None
 
 
 class SLAMSFilter:
@@ -278,7 +282,11 @@ class SLAMSFilter:
         self._check_departures(analysis.mean(dim=0), observations)
         smoothed = members[:, first] if self.lag and lagged == self.lag else None
         output = CycleOutput(
-            cycle=self.cycle, analysis=analysis, forecast=current, smoothed=smoothed
+            cycle=self.cycle,
+            analysis=analysis,
+            forecast=current,
+            smoothed=smoothed,
+            quality_control=out.quality_control,
         )
         states = self._update(self._forecasts[-1], analysis)
         self._forecasts.append(run_forecast(self.forecast_model, states, self.steps_per_cycle))

@@ -62,6 +62,7 @@ __all__ = [
     "Transformed",
     "check_observations",
     "gaussian_weighting_functions",
+    "level_scale",
     "pressures_hpa",
     "add_noise",
     "station_periodic_axes",
@@ -392,6 +393,19 @@ def check_observations(
         if (torch.as_tensor(observation.noise_std) < 0).any():
             raise ValueError(f"observations[{index}]: noise_std must be >= 0")
     return observations
+
+
+def level_scale(observation: Observation, level_std: Tensor) -> Tensor:
+    """``|A(s) − A(0)|`` per value (``values.shape``), with ``s`` the field of per-level
+    climatological std ``level_std`` ``(levels,)``: how many units of ``y`` one normalised unit of
+    the state is (linear operators), the std of ``A(x)`` for a climatology whose anomalies are
+    fully correlated within the operator's footprint (an upper bound otherwise). Floored at
+    ``1e-12``. It gives γ the same meaning in every unit (docs/method.md §Likelihood covariance) and
+    scales the climatology check (docs/method.md §Quality control)."""
+    field = level_std.reshape(-1, *([1] * observation.spatial_dims))
+    field = torch.broadcast_to(field, (observation.num_levels, *observation.grid_shape))
+    zero = observation.operator(torch.zeros_like(field))
+    return (observation.operator(field) - zero).abs().clamp_min(1e-12)
 
 
 def add_noise(

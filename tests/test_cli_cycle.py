@@ -2,6 +2,8 @@
 file's coordinates and attributes kept, the cycles read off the observation times, and bad input
 stopped before any work with one line."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -283,3 +285,22 @@ def test_dated_cycles_with_a_gap(files, tmp_path):
     assert written["time"].attrs["long_name"] == "valid time"
     assert written.attrs["slams_cycle_interval"] == "0 days 06:00:00"
     assert np.isfinite(written["members"].values).all()
+
+
+def test_the_cli_cycle_reports_the_rejections_of_each_cycle(files, tmp_path, capsys):
+    """``slams cycle``: a 1000 station value at the second cycle is rejected against that cycle's
+    forecast ensemble; the file's attributes and the printed summary count it, at its cycle and
+    position."""
+    table = files["table"].copy()
+    table.loc[4, "value"] = 1000.0  # time 0.05, station s1 at x = 3
+    table.to_csv(tmp_path / "stations.csv", index=False)
+    argv = cycle_argv(files["folder"], tmp_path / "qc.nc")
+    argv[argv.index("--stations") + 1] = str(tmp_path / "stations.csv")
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["qc_rejected"] == {"stations": 1}
+    attrs = xr.load_dataset(tmp_path / "qc.nc").attrs
+    assert attrs["slams_qc_rejected_stations"] == 1 and attrs["slams_qc_checked_stations"] == 9
+    (rejection,) = json.loads(attrs["slams_qc_rejections"])
+    assert rejection["time_index"] == 1 and rejection["position"] == [3.0]
+    assert rejection["value"] == 1000.0 and rejection["reference"] == "background"

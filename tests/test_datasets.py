@@ -544,10 +544,12 @@ def test_to_store_arrays_and_labels(tmp_path):
 @pytest.mark.parametrize("name", ["x", "time", "split"])
 def test_to_store_refuses_a_variable_named_like_a_dimension(tmp_path, name):
     """A variable named like a dim or coordinate (Lorenz-96's ``x``) cannot be written: one
-    ``ValueError`` naming ``name`` (xarray's own is a ``MergeError``), before any writing."""
+    ``ValueError`` naming ``name`` and ``dims`` (xarray's own is a ``MergeError``), before any
+    writing."""
     runs = np.zeros((3, 4, 8))
     path = tmp_path / "l96.zarr"
     expected = rf"`name`='{name}' is also the name of a dimension or coordinate.*'trajectory'"
+    expected += r".*`dims`"
     with pytest.raises(ValueError, match=expected):
         to_store(runs, path, split="train", dims=("trajectory", "time", "x"), name=name)
     assert not path.exists()

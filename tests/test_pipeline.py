@@ -250,8 +250,10 @@ def test_output_types_and_tuple_return():
     assert isinstance(as_np.members, np.ndarray)
     latent = run(pipe, output_type="latent")
     assert latent.members.shape == (4, 1, 2, SIZE // 2, SIZE // 2)
-    members, mean, std, latents = run(pipe, return_dict=False)
+    members, mean, std, latents, quality_control = run(pipe, return_dict=False)
     assert members.shape == (4, 1, LEVELS, SIZE, SIZE) and latents.shape[2] == 2
+    assert quality_control.rejected == {"stations": 0, "satellite": 0}
+    assert len(run(pipe, return_dict=False, qc=False)) == 4  # no report without quality control
     torch.testing.assert_close(latent.members, latents)
 
 

@@ -167,7 +167,8 @@ def to_store(
 
     Raises:
         ValueError: an existing ``path``, ``dims`` that do not fit, bad ``split`` labels, or a
-            ``name`` that is also a dimension or coordinate (``"x"``, ``"time"``, ``"split"``…).
+            ``name`` that is also a dimension or coordinate (``"x"``, ``"time"``, ``"split"``…),
+            naming ``name`` and ``dims``.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
@@ -178,7 +179,8 @@ def to_store(
     if str(array.name) in taken:
         raise ValueError(
             f"`name`={str(array.name)!r} is also the name of a dimension or coordinate of the "
-            f"store {taken}; expected a variable name that is none of them, e.g. 'u' or 'state'."
+            f"store {taken} (from `dims` and `coords`); expected a variable name that is none "
+            "of them, e.g. 'u' or 'state', or other names in `dims`."
         )
     if "split" in array.coords:
         array = array.assign_coords(

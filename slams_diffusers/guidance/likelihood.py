@@ -14,6 +14,8 @@ With the denoiser ``ẑ(z_t)`` (:func:`~slams_diffusers.schedulers.tweedie_denoi
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +45,24 @@ def canonical_covariance(name: str) -> str:
             f"alias 'tweedie'), got {name!r}"
         )
     return name
+
+
+@functools.cache
+def _load_forward_ad() -> None:
+    """Load torch's forward-mode AD once, quietly: its first use imports
+    ``torch._decomp.decompositions_for_jvp``, which scripts 18 functions with ``torch.jit.script``,
+    each warning ``DeprecationWarning`` (torch 2.9+) about torch's own code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
+        )
+        torch.func.jvp(torch.sin, (torch.zeros(()),), (torch.ones(()),))
+
+
+def _jvp(function: Callable, primals: tuple, tangents: tuple) -> tuple:
+    """``torch.func.jvp`` without torch's own deprecation warnings (:func:`_load_forward_ad`)."""
+    _load_forward_ad()
+    return torch.func.jvp(function, primals, tangents)
 
 
 def _observer(terms: Sequence[GaussianTerm]) -> Callable[[Tensor], tuple[Tensor, ...]]:
@@ -132,7 +152,7 @@ def moment_matching_score(
     def matvec(vectors: list[Tensor]) -> list[Tensor]:
         """``(Σ + J_h Cov[z | z_t] J_h^T) v`` on the observed entries."""
         latent_direction = denoiser_vjp(pull_back(vectors), retain=True)
-        _, pushed = torch.func.jvp(observe_all, (x.detach(),), (latent_direction,))
+        _, pushed = _jvp(observe_all, (x.detach(),), (latent_direction,))
         return [
             m * (term.noise_apply(v) + posterior_scale * p)
             for m, term, v, p in zip(masks, terms, vectors, pushed, strict=True)
@@ -192,7 +212,7 @@ def _kalman_bound(
     data. The metric weighs each residual by its error: an uninformative entry (a weak encoded
     pseudo-observation, far out with a huge variance) neither hides an overshoot elsewhere nor
     sets the bound (docs/method.md §Stability)."""
-    _, pushed = torch.func.jvp(observe_all, (x,), (update.detach(),))
+    _, pushed = _jvp(observe_all, (x,), (update.detach(),))
     pushed = [m * p for m, p in zip(masks, pushed, strict=True)]
     towards = batch_dot(pushed, metric(residuals))
     ratio = batch_dot(pushed, metric(pushed)).sqrt() / batch_dot(

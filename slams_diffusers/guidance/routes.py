@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..covariance import SpectralCovariance, default_background_covariance
+from ..covariance import SpectralCovariance, background_covariance_of
 from ..models.observation_encoder import fuse_likelihoods, posterior_from_likelihood
-from ..observations import Background, Observation
+from ..observations import Background, Observation, level_scale
 from .terms import GaussianTerm
 
 __all__ = [
@@ -108,25 +108,6 @@ def resolve_routes(
     return routes
 
 
-def background_covariance_of(background: Background) -> Any:
-    """``B`` of a background: its ``covariance`` object, else ``diag(noise_std²)``
-    (:func:`~slams_diffusers.covariance.default_background_covariance`)."""
-    if background.covariance is not None:
-        return background.covariance
-    return default_background_covariance(
-        background.noise_std, background.num_levels, background.grid_shape
-    )
-
-
-def _level_scale(observation: Observation, level_std: Tensor) -> Tensor:
-    """How many units of ``y`` one normalised unit of the state is: ``|A(s)| `` with ``s`` the
-    per-level climatological std (linear operators; gives γ the same meaning in every unit)."""
-    field = level_std.reshape(-1, *([1] * observation.spatial_dims))
-    field = torch.broadcast_to(field, (observation.num_levels, *observation.grid_shape))
-    zero = observation.operator(torch.zeros_like(field))
-    return (observation.operator(field) - zero).abs().clamp_min(1e-12)
-
-
 def decoded_term(
     observation: Observation, decode: Callable[[Tensor], Tensor], level_std: Tensor
 ) -> GaussianTerm:
@@ -146,7 +127,7 @@ def decoded_term(
         observation.values,
         variance=observation.noise_variance(),
         mask=observation.mask,
-        scale=_level_scale(observation, level_std.to(observation.values)),
+        scale=level_scale(observation, level_std.to(observation.values)),
     )
 
 

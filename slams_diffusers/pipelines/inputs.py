@@ -19,6 +19,7 @@ from ..analysis import ANALYSES
 from ..data.stores import CELSIUS_UNITS
 from ..guidance import canonical_covariance
 from ..observations import Background, Observation, check_observations
+from ..quality_control import check_qc_threshold
 from .outputs import OUTPUT_TYPES
 
 __all__ = [
@@ -232,6 +233,8 @@ def check_inputs(
     gamma: float,
     cg_iterations: int,
     analysis: str,
+    qc: bool,
+    qc_threshold: float,
     output_type: str,
     generator: torch.Generator | list[torch.Generator] | None,
     member_batch_size: int | None,
@@ -243,6 +246,9 @@ def check_inputs(
     may ask for)."""
     if background is None and not observations:
         raise ValueError("Nothing to assimilate: `observations` is empty and no `background`")
+    if not isinstance(qc, bool):
+        raise ValueError(f"`qc` must be True or False, got {qc!r}")
+    check_qc_threshold(qc_threshold)
     for name, value, low in (
         ("num_members", num_members, 1),
         ("num_inference_steps", num_inference_steps, 1),
@@ -270,6 +276,12 @@ def check_inputs(
             f"({num_members})"
         )
     check_observations(observations, steps=grid.time, levels=grid.levels, space=grid.space)
+    if background is None and not any(o.num_observed > 0 for o in observations):
+        raise ValueError(
+            f"Nothing to assimilate: no `background`, and `observations` ({len(observations)}) "
+            "have no valid value (all NaN or masked); expected a background or at least one "
+            "observed value"
+        )
     unknown = set(callback_on_step_end_tensor_inputs) - set(callback_tensor_inputs)
     if unknown:
         raise ValueError(

@@ -15,6 +15,7 @@ from diffusers.utils import BaseOutput, logging
 from torch import Tensor
 
 from ..data.writing import to_xarray
+from ..quality_control import QualityControlReport
 
 __all__ = [
     "DEFAULT_ATTRS",
@@ -23,6 +24,7 @@ __all__ = [
     "to_output",
     "warn_non_finite",
     "warn_out_of_range",
+    "warn_rejections",
 ]
 
 logger = logging.get_logger(__name__)
@@ -42,7 +44,10 @@ class AssimilationOutput(BaseOutput):
         mean: ensemble mean ``(time, level, *space)``.
         std: ensemble spread (unbiased standard deviation over members) ``(time, level, *space)``.
         latents: final latents ``(n, time, c, *space/f)``.
-        dataset: with ``output_type="xarray"``, the members, mean and std as one ``xarray.Dataset``.
+        dataset: with ``output_type="xarray"``, the members, mean and std as one ``xarray.Dataset``
+            (the quality control's counts in its attributes, ``slams_qc_*``).
+        quality_control: what quality control rejected (counts per modality, every rejected
+            value with its index; docs/method.md §Quality control); ``None`` with ``qc=False``.
     """
 
     members: Any
@@ -50,6 +55,7 @@ class AssimilationOutput(BaseOutput):
     std: Any
     latents: Tensor
     dataset: xr.Dataset | None = None
+    quality_control: QualityControlReport | None = None
 
 
 def to_output(
@@ -58,19 +64,22 @@ def to_output(
     output_type: str,
     template: xr.DataArray | None,
     spatial_dims: int,
+    quality_control: QualityControlReport | None = None,
 ) -> AssimilationOutput:
     """The members ``(n, time, level, *space)``, their mean and spread as ``output_type``
-    (:data:`OUTPUT_TYPES`); the xarray output takes the dims, coordinates and attributes of
-    ``template`` ``(time, level, *space)`` (the background's; :data:`DEFAULT_ATTRS` where it has
-    none), or ``(time, level, y?, x?)`` without coordinates when there is no template."""
+    (:data:`OUTPUT_TYPES`), with the ``quality_control`` report; the xarray output takes the dims,
+    coordinates and attributes of ``template`` ``(time, level, *space)`` (the background's;
+    :data:`DEFAULT_ATTRS` where it has none), or ``(time, level, y?, x?)`` without coordinates when
+    there is no template."""
     count = members.shape[0]
     mean = members.mean(0)
     std = members.std(0, correction=1) if count > 1 else torch.zeros_like(mean)
+    report = {"quality_control": quality_control}
     if output_type in ("pt", "latent"):
-        return AssimilationOutput(members=members, mean=mean, std=std, latents=latents)
+        return AssimilationOutput(members=members, mean=mean, std=std, latents=latents, **report)
     arrays = [a.detach().cpu().numpy() for a in (members, mean, std)]
     if output_type == "np":
-        return AssimilationOutput(*arrays, latents=latents)
+        return AssimilationOutput(*arrays, latents=latents, **report)
     if template is None:
         space_names = ("y", "x")[2 - spatial_dims :]
         template = xr.DataArray(arrays[1], dims=("time", "level", *space_names))
@@ -85,7 +94,17 @@ def to_output(
     )
     dataset = xr.Dataset({"members": members_da, "mean": mean_da, "std": std_da})
     dataset.attrs["source"] = "slams_diffusers.SLAMSPipeline"
-    return AssimilationOutput(members_da, mean_da, std_da, latents=latents, dataset=dataset)
+    if quality_control is not None:
+        dataset.attrs.update(quality_control.to_attrs())
+    return AssimilationOutput(
+        members_da, mean_da, std_da, latents=latents, dataset=dataset, **report
+    )
+
+
+def warn_rejections(report: QualityControlReport) -> None:
+    """One warning line with the counts when quality control rejected anything."""
+    if report.num_rejected:
+        logger.warning(f"{report.summary()}; see the output's quality_control for the indices.")
 
 
 def warn_non_finite(latents: Tensor) -> None:

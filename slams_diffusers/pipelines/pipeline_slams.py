@@ -20,8 +20,15 @@ from ..inflation import inflate_spread, spread_inflation_factors
 from ..models.level_normalizer import LevelNormalizer
 from ..models.markov_blanket import MarkovBlanketScore
 from ..observations import Background, Observation
+from ..quality_control import QC_THRESHOLD, check_observation_range, quality_control
 from .inputs import background_observations, check_inputs, problem_grid, read_background
-from .outputs import AssimilationOutput, to_output, warn_non_finite, warn_out_of_range
+from .outputs import (
+    AssimilationOutput,
+    to_output,
+    warn_non_finite,
+    warn_out_of_range,
+    warn_rejections,
+)
 from .sampling import sample_latents
 
 
@@ -149,6 +156,8 @@ class SLAMSPipeline(DiffusionPipeline):
         background_error_std: float | Sequence[float] | Tensor | None = None,
         background_error_covariance: Any = None,
         background_error_length_scale: float | None = None,
+        qc: bool = True,
+        qc_threshold: float = QC_THRESHOLD,
         analysis: str = "auto",
         spread_inflation: float | Sequence[float] | None = None,
         climatology_snr: tuple[float, float] | None = (0.05, 0.2),
@@ -192,6 +201,14 @@ class SLAMSPipeline(DiffusionPipeline):
                 ``exp(−r² / 2L²)`` (:meth:`SpectralCovariance.from_length_scale`, whose options
                 — SOAR, km, a vertical correlation — a ``background_error_covariance`` built
                 with it takes).
+            qc: quality control of the observations before any guidance (docs/method.md
+                §Quality control): a value whose innovation against the background exceeds
+                ``qc_threshold · sqrt(σ_y² + (A B Aᵀ)_ii)`` (against the model's training
+                climatology, mapped by the operator, where no background is given) becomes
+                missing; counts and indices are in the output's ``quality_control``, and a
+                one-line warning gives the counts. ``False``: every value is assimilated, and
+                one more than 10 climatological std away raises ``ValueError``.
+            qc_threshold: ``k`` of the check (default 5, chosen on validation windows).
             analysis: how latents become states (docs/method.md §Analysis): ``"full"``
                 (``D(z_a)``), ``"incremental"`` (``x_b + D(z_a) − D(E(x_b))``), ``"filtered"``
                 (``D(z_a)`` plus a draw of the posterior of the part the autoencoder cannot
@@ -242,6 +259,8 @@ class SLAMSPipeline(DiffusionPipeline):
             gamma=gamma,
             cg_iterations=cg_iterations,
             analysis=analysis,
+            qc=qc,
+            qc_threshold=qc_threshold,
             output_type=output_type,
             generator=generator,
             member_batch_size=member_batch_size,
@@ -251,7 +270,6 @@ class SLAMSPipeline(DiffusionPipeline):
         if spread_inflation is None:
             spread_inflation = self.config.get("spread_inflation") or 1.0
         spread_inflation = spread_inflation_factors(spread_inflation, self.levels)
-        observations = [o for o in observations if o.num_observed > 0]
         if background is not None:
             covariance = resolve_background_covariance(
                 background_error_std,
@@ -263,7 +281,31 @@ class SLAMSPipeline(DiffusionPipeline):
             )
             observations += background_observations(background, covariance)
         linear = isinstance(self.autoencoder, LevelNormalizer)  # D ∘ E is the identity
-        routes = resolve_routes(observations, guidance, self.observation_encoder, linear)
+        given = [i for i, o in enumerate(observations) if o.num_observed > 0]
+        routes = resolve_routes(
+            [observations[i] for i in given], guidance, self.observation_encoder, linear
+        )
+        climate = self.autoencoder.config
+        report = None
+        if qc:  # positions in the report: those of the `observations` argument
+            observations, report = quality_control(
+                observations,
+                threshold=qc_threshold,
+                level_mean=climate.level_mean,
+                level_std=climate.level_std,
+            )
+            warn_rejections(report)
+        else:
+            check_observation_range(observations, climate.level_mean, climate.level_std)
+        kept = [(observations[i], r) for i, r in zip(given, routes, strict=True)]
+        kept = [(o, r) for o, r in kept if o.num_observed > 0]
+        if not kept:
+            raise ValueError(
+                "Nothing to assimilate: quality control rejected every value of `observations` "
+                f"({report.summary()}) and there is no `background`; check their units, or pass "
+                "a larger `qc_threshold` or qc=False"
+            )
+        observations, routes = [o for o, _ in kept], [r for _, r in kept]
 
         device, dtype = self.device, self._model_dtype
         guided = GuidedScore(
@@ -319,9 +361,8 @@ class SLAMSPipeline(DiffusionPipeline):
                     autoencode=lambda state: self.decode(self.encode(state)),
                 )
             members = inflate_spread(members, spread_inflation, level_dim=2)
-            config = self.autoencoder.config
-            warn_out_of_range(members, config.level_mean, config.level_std)
-        output = to_output(members, latents, output_type, template, self.spatial_dims)
+            warn_out_of_range(members, climate.level_mean, climate.level_std)
+        output = to_output(members, latents, output_type, template, self.spatial_dims, report)
         self.maybe_free_model_hooks()
         if not return_dict:
             return output.to_tuple()
