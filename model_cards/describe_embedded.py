@@ -98,6 +98,39 @@ DESCRIPTIONS["sda-l96"] = (
 )
 
 
+DESCRIPTIONS["sda-raob-column"] = (
+    "Pixel-space prior of real temperature profiles: one column of 16 pressure levels, 850 to "
+    "100 hPa every 50 hPa (ScoreNet with spatial_dims 0, a residual MLP of width 256; 1.0 M "
+    "parameters), no autoencoder (a 16-value column gains nothing from compression, and 8 EOFs "
+    "already leave 0.46 K: docs/method.md, Columns and real radiosondes). Trained on the "
+    "profiles launched before 2003 of SHARPpy's sounding database (observed radiosonde launches "
+    "of US sites and RUC-2 analysis profiles; NOAA data, distributed with SHARPpy under the "
+    "BSD-3-Clause licence; 1,241 complete profiles, interpolated linearly in ln p, nothing "
+    "extrapolated), 3000 steps of 64 columns, chosen on the 2003-2004 validation launches, "
+    "with\n"
+    "\n"
+    "    python training/build_soundings.py --out data/raob-columns.nc\n"
+    "    accelerate launch --config_file training/configs/accelerate.yaml "
+    "training/train_score.py --config training/configs/raob-column-sda.yaml\n"
+    "\n"
+    "Evaluation: benchmarks/raob_column.py (benchmarks/results/raob_column.md), every complete "
+    "launch from 2005 on (held out by time): the real surface report (bias-corrected) and six "
+    "simulated sounder channels (peaks 700-150 hPa, 0.5 K), no background term; against "
+    "climatology and the exact 1D-Var with the training profiles' covariance."
+)
+
+
+def raob_evaluation() -> dict[str, float]:
+    """The rows of ``benchmarks/results/raob_column.json`` as model-card results."""
+    payload = json.loads((ROOT / "benchmarks/results/raob_column.json").read_text())
+    results: dict[str, float] = {"held-out launches (2005-2008)": payload["cases"]}
+    for row, scores in payload["results"].items():
+        results[f"{row} RMSE [K]"] = round(scores["rmse"], 3)
+        if not row.startswith("climatology"):
+            results[f"{row} spread-skill"] = round(scores["spread_skill"], 2)
+    return results
+
+
 def l96_evaluation() -> dict[str, float]:
     """The scored rows of ``benchmarks/results/l96_slams.json`` as model-card results."""
     rows = json.loads((ROOT / "benchmarks/results/l96_slams.json").read_text())["rows"]
@@ -110,7 +143,8 @@ def l96_evaluation() -> dict[str, float]:
 
 for name, description in DESCRIPTIONS.items():
     folder = ROOT / "pipelines" / name
-    evaluation = l96_evaluation() if name == "sda-l96" else None
+    evaluations = {"sda-l96": l96_evaluation, "sda-raob-column": raob_evaluation}
+    evaluation = evaluations[name]() if name in evaluations else None
     pipeline_card(
         folder, repo_id=f"pipelines/{name}", base_description=description, evaluation=evaluation
     )

@@ -68,3 +68,23 @@ def test_embedded_lorenz96_prior(monkeypatch):
     rmse = {k: v for k, v in evaluation.items() if "RMSE (inflation" in k}
     assert len(rmse) == 3 and all(0 < v < 10 for v in rmse.values())
     assert all(v < 1.0 for k, v in rmse.items() if "(all)" in k)
+
+
+def test_embedded_column_prior(monkeypatch):
+    """``pipelines/sda-raob-column``: the prior of real radiosonde columns, its card naming the
+    data and its licence and carrying the held-out scores."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = PIPELINES / "sda-raob-column"
+    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pkl")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in weights) < 8e6
+    card = (folder / "README.md").read_text()
+    for text in ("SHARPpy", "NOAA", "BSD-3-Clause", "train_score.py", "hardware", "1D-Var"):
+        assert text in card
+    assert (PIPELINES.parent / "model_cards" / "sda-raob-column.md").read_text() == card
+    pipe = SLAMSPipeline.from_pretrained(folder)
+    assert isinstance(pipe.autoencoder, LevelNormalizer)
+    assert (pipe.window, pipe.levels, pipe.spatial_dims) == (1, 16, 0)
+    assert pipe.autoencoder.config.levels_hpa == [850.0 - 50.0 * i for i in range(16)]
+    evaluation = json.loads((folder / "model_card.json").read_text())["evaluation"]
+    assert evaluation["held-out launches (2005-2008)"] > 100

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from slams_diffusers import SLAMSPipeline
 from slams_diffusers.data.soundings import (
     COLUMN_LEVELS_HPA,
     column_cases,
@@ -19,9 +20,11 @@ from slams_diffusers.data.soundings import (
     surface_report_error,
     to_pressure_levels,
 )
+from slams_diffusers.metrics import rmse
 from slams_diffusers.observations import Profile
 
 SOUNDINGS = Path(__file__).parent / "data" / "soundings"
+PIPELINES = Path(__file__).parents[1] / "pipelines"
 LZK = SOUNDINGS / "00021400.LZK"  # an observed launch at Little Rock, 2000-02-14 00 UTC
 
 
@@ -134,3 +137,26 @@ def test_column_cases_observe_the_real_surface_report_and_the_sounder():
         ]
     )
     assert float(innovations.std()) == pytest.approx(0.5, rel=0.1)  # 1000+ draws: ±5 %
+
+
+def test_the_column_pipeline_beats_climatology_on_a_held_out_launch(monkeypatch):
+    """``pipelines/sda-raob-column`` on the first launch of the test years (2005 on; the prior
+    trained on launches before 2003): the real surface report and the sounder, no background
+    term (the prior is the climatology). Climatology is 8 K off at this winter launch."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = SLAMSPipeline.from_pretrained(PIPELINES / "sda-raob-column")
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.levels, pipe.spatial_dims, pipe.window) == (16, 0, 1)
+    store = packaged_soundings()
+    case = column_cases(store, "test", "raob")[0]
+    climatology = torch.as_tensor(complete_profiles(store, "train").t.values.mean(0))
+    out = pipe(
+        observations=list(case.observations.values()),
+        num_members=8,
+        num_inference_steps=16,
+        generator=[torch.Generator().manual_seed(m) for m in range(8)],
+        output_type="pt",
+    )
+    analysis = float(rmse(out.mean, case.truth))
+    background = float(rmse(climatology.float(), case.truth))
+    assert analysis < 0.5 * background
