@@ -5,13 +5,14 @@ analyses before 2003, :mod:`slams_diffusers.data.soundings`) is a case. The obse
 real surface report (bias-corrected, with its error std from the training launches) and sounder
 channels computed from the launch itself with noise (``column_cases``); the truth is the launch.
 
-- **background**: climatology, the mean of the training profiles, with their covariance ``B``
+- **climatology** (the background): the mean of the training profiles, with their covariance ``B``
   (16 × 16) as its error covariance. Its ensemble: draws of ``N(μ, B)``.
 - **1D-Var**: the exact Gaussian posterior given climatology and the observations (the OI/3D-Var
   of :func:`~slams_diffusers.baselines.optimal_interpolation` with ``B``); its ensemble: draws of
   ``N(x_a, B − K H B)``.
-- **SLAMS**: the column pipeline, prior and observations only. Its prior *is* the climatology,
-  learned, so the climatological background is not given again (that would count it twice).
+- **SDA**: the column pipeline (a pixel-space prior), prior and observations only. Its prior
+  *is* the climatology, learned, so the climatological background is not given again (that
+  would count it twice).
 
 Per observation set (surface, satellite, both): RMSE, fair CRPS and spread/skill over all cases
 and levels, and RMSE per level.
@@ -33,7 +34,11 @@ from slams_diffusers.covariance import DenseCovariance
 from slams_diffusers.data.soundings import column_cases, complete_profiles, packaged_soundings
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
 
-SETS = {"surface": ("surface",), "satellite": ("satellite",), "both": ("surface", "satellite")}
+SETS = {
+    "surface": ("surface",),
+    "satellite": ("satellite",),
+    "surface + satellite": ("surface", "satellite"),
+}
 
 
 def gaussian_members(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -78,9 +83,9 @@ def main() -> None:
 
     estimates: dict[tuple[str, str], list[torch.Tensor]] = {}
     truths = torch.stack([c.truth.double() for c in cases])  # (cases, 1, levels)
-    started = {"SLAMS": 0.0}
+    started = {"SDA": 0.0}
     for k, case in enumerate(cases):
-        estimates.setdefault(("background", "none"), []).append(
+        estimates.setdefault(("climatology", "none"), []).append(
             gaussian_members(mean, cov, args.members, k)
         )
         for name, modalities in SETS.items():
@@ -102,13 +107,13 @@ def main() -> None:
                     torch.Generator().manual_seed(1000 * k + m) for m in range(args.members)
                 ],
             )
-            started["SLAMS"] += time.perf_counter() - tic
-            estimates.setdefault(("SLAMS", name), []).append(out.members.double())
+            started["SDA"] += time.perf_counter() - tic
+            estimates.setdefault(("SDA", name), []).append(out.members.double())
         if k % 20 == 0:
             print(f"case {k + 1}/{len(cases)}", flush=True)
 
     rows, results = [], {}
-    background_rmse = rmse(torch.stack(estimates[("background", "none")]).mean(1), truths)
+    background_rmse = rmse(torch.stack(estimates[("climatology", "none")]).mean(1), truths)
     for (method, name), members in estimates.items():
         ens = torch.stack(members, dim=1)  # (members, cases, 1, levels)
         per_level = rmse(ens.mean(0), truths, dims=(0, 1))
@@ -118,7 +123,7 @@ def main() -> None:
             "spread_skill": float(spread_skill_ratio(ens, truths)),
             "rmse_per_level": [round(float(v), 4) for v in per_level],
         }
-        results[f"{method} | {name}"] = scores
+        results[f"{method}, {name}"] = scores
         rows.append(
             {
                 "method": method,
@@ -136,7 +141,7 @@ def main() -> None:
         "members": args.members,
         "steps": args.steps,
         "levels_hpa": data.level.values.tolist(),
-        "slams_seconds_per_analysis": started["SLAMS"] / (len(cases) * len(SETS)),
+        "seconds_per_analysis": started["SDA"] / (len(cases) * len(SETS)),
         "results": results,
     }
     title = (
