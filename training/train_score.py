@@ -77,16 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pixel_space(data) -> LevelNormalizer:
+def pixel_space(data, divisor: int = 1) -> LevelNormalizer:
     """The pixel-space "autoencoder": ``(x - mean_l) / std_l`` with the per-level statistics of
-    ``data`` (``(trajectory?, time, level, *space)``), and its levels' pressures."""
+    ``data`` (``(trajectory?, time, level, *space)``), and its levels' pressures. A 2-D grid whose
+    ``y`` size the score net's ``divisor`` does not divide (a 61 × 120 global grid) is padded
+    there (``LevelNormalizer(pad_to_multiple=divisor)``)."""
     stats = LevelStatistics.compute(data)
     spatial_dims = data.ndim - (3 if "trajectory" in data.dims else 2)
+    grid = data.shape[data.ndim - spatial_dims :]
+    pad = divisor if spatial_dims == 2 and grid[0] % divisor else 1
     return LevelNormalizer(
         levels=data.sizes["level"],
         spatial_dims=spatial_dims,
         levels_hpa=level_pressures(data),
-        grid_shape=data.shape[data.ndim - spatial_dims :],
+        grid_shape=grid,
+        pad_to_multiple=pad,
         **stats.as_config(),
     )
 
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             f"({data.sizes['time']} steps)"
         )
     if args.autoencoder is None:
-        autoencoder = pixel_space(data)
+        autoencoder = pixel_space(data, 2 ** (len(args.hidden_channels) - 1))
     elif autoencoder.config.levels != data.sizes["level"]:
         raise ValueError(
             f"--autoencoder was trained on {autoencoder.config.levels} levels; --data has "

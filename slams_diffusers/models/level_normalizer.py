@@ -63,6 +63,12 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         levels_hpa: the pressure [hPa] of each level, recorded for users and input checks;
             ``None`` when unknown or not pressure levels.
         grid_shape: the grid of the training data, which inputs must match; ``None``: any.
+        pad_to_multiple: ``m``: on a 2-D grid whose ``y`` size (latitude) ``m`` does not divide,
+            ``encode`` pads ``y`` with copies of its edge rows to the next multiple of ``m``
+            (half before, the rest after) and ``decode`` crops them off, so that a U-Net that
+            halves the grid runs on, e.g., a 61 × 120 global grid. ``x`` (periodic longitude)
+            is never padded: a wrapped axis cannot be extended without breaking it. Needs
+            ``grid_shape``; 1: no padding.
     """
 
     @register_to_config
@@ -74,9 +80,25 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         level_std: Sequence[float] | None = None,
         levels_hpa: Sequence[float] | None = None,
         grid_shape: Sequence[int] | None = None,
+        pad_to_multiple: int = 1,
     ) -> None:
         super().__init__()
         validate_spatial_dims(spatial_dims, column=True)
+        if isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, int):
+            raise ValueError(f"`pad_to_multiple` must be an int >= 1, got {pad_to_multiple!r}.")
+        if pad_to_multiple < 1:
+            raise ValueError(f"`pad_to_multiple` must be an int >= 1, got {pad_to_multiple!r}.")
+        if pad_to_multiple > 1:
+            if spatial_dims != 2 or grid_shape is None:
+                raise ValueError(
+                    "`pad_to_multiple` pads the y axis of a 2-D grid given as `grid_shape`; got "
+                    f"spatial_dims={spatial_dims}, grid_shape={grid_shape}."
+                )
+            if int(grid_shape[1]) % pad_to_multiple:
+                raise ValueError(
+                    f"`grid_shape` {list(grid_shape)}: x (periodic longitude) is never padded and "
+                    f"must be a multiple of `pad_to_multiple`={pad_to_multiple}."
+                )
         if levels < 1:
             raise ValueError(f"`levels` must be >= 1, got {levels}.")
         mean = channel_values(level_mean, levels, "level_mean", 0.0)
@@ -98,13 +120,22 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
         return int(self.config.levels)
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
-        """The grid is unchanged (``f = 1``)."""
+        """The grid, with ``y`` padded to a multiple of ``pad_to_multiple`` (``f = 1``)."""
         shape = tuple(int(s) for s in spatial_shape)
         if len(shape) != self.config.spatial_dims or any(s <= 0 for s in shape):
             raise ValueError(
                 f"`spatial_shape` must have {self.config.spatial_dims} positive sizes, got {shape}."
             )
-        return shape
+        before, after = self._padding(shape)
+        return (shape[0] + before + after, *shape[1:]) if before + after else shape
+
+    def _padding(self, shape: Sequence[int]) -> tuple[int, int]:
+        """Rows added before and after ``y`` for a state grid ``shape``."""
+        multiple = int(self.config.get("pad_to_multiple", 1))
+        if multiple == 1:
+            return 0, 0
+        total = -int(shape[0]) % multiple
+        return total // 2, total - total // 2
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (-1,) + (1,) * self.config.spatial_dims
@@ -121,15 +152,25 @@ class LevelNormalizer(ModelMixin, ConfigMixin):
             )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, T, levels, *space)`` [K] -> ``(x - μ) / s``."""
+        """``x`` ``(B, T, levels, *space)`` [K] -> ``(x - μ) / s`` (``y`` padded with its edge
+        rows where ``pad_to_multiple`` says)."""
         self._check(x, "x")
         mean, std = self._stats(x)
-        return (x - mean) / std
+        z = (x - mean) / std
+        before, after = self._padding(x.shape[3:])
+        if before + after:
+            rows = torch.arange(-before, x.shape[3] + after, device=x.device)
+            z = z.index_select(3, rows.clamp(0, x.shape[3] - 1))
+        return z
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` ``(B, T, levels, *space)`` -> ``μ + s z`` [K]."""
+        """``z`` ``(B, T, levels, *space)`` -> ``μ + s z`` [K] (the padded rows cropped off)."""
         self._check(z, "z")
         mean, std = self._stats(z)
+        if int(self.config.get("pad_to_multiple", 1)) > 1:
+            rows = int(self.config.grid_shape[0])
+            before = (z.shape[3] - rows) // 2
+            z = z.narrow(3, before, rows)
         return z * std + mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
