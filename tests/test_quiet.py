@@ -10,11 +10,6 @@ from pathlib import Path
 
 import torch
 
-from slams_diffusers import SLAMSPipeline
-from slams_diffusers.cli import EMBEDDED_PIPELINE
-from slams_diffusers.data.qg import simulate_dataset
-from slams_diffusers.data.testbed import assimilation_cases, background_error_std
-
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_RUN = """
@@ -48,21 +43,11 @@ def test_a_default_assimilation_is_quiet(capfd, caplog):
     against a ``B`` that is too tight, and says so. (In the window of ``seed=0`` one station value
     lies 5.1 σ_d from this background, where its error is locally 9 K against a declared 1.75 K:
     quality control rejects it, and warns, rightly; ``seed=1`` is a window without such a value.)"""
+    namespace: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
-        pipe.set_progress_bar_config(disable=True)
-        run = simulate_dataset(1, 12, seed=7, spinup=100, splits=(0, 0, 1), store_pv="all")
-        (case,) = assimilation_cases(run, "test", window=5, cases_per_trajectory=1, seed=1)
-        out = pipe(
-            background=case.background,
-            observations=case.observations,
-            background_error_std=background_error_std([case]).reshape(-1).tolist(),
-            background_error_length_scale=4.0,
-            num_members=2,
-            num_inference_steps=4,
-            generator=[torch.Generator().manual_seed(m) for m in range(2)],
-        )
+        exec(DEFAULT_RUN, namespace)  # noqa: S102  (the same run as the fresh process's)
+    out = namespace["out"]
     assert torch.isfinite(torch.as_tensor(out.mean.values)).all()
     assert out.quality_control.num_rejected == 0
     assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
