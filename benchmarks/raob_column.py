@@ -33,6 +33,7 @@ from slams_diffusers.baselines import optimal_interpolation
 from slams_diffusers.covariance import DenseCovariance
 from slams_diffusers.data.soundings import column_cases, complete_profiles, packaged_soundings
 from slams_diffusers.metrics import crps, rmse, spread_skill_ratio
+from slams_diffusers.testing import GaussianPosterior
 
 SETS = {
     "surface": ("surface",),
@@ -48,14 +49,6 @@ def gaussian_members(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, len(values), generator=generator, dtype=cov.dtype)
     return (mean.reshape(1, -1) + noise @ root.T)[:, None]
-
-
-def linear_matrix(observations, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(H, R)`` of linear column observations (``H`` by applying them to the unit vectors)."""
-    eye = torch.eye(levels, dtype=torch.float64)
-    rows = [o.operator(eye).T[o.mask] for o in observations]
-    noise = [o.noise_variance().double()[o.mask] for o in observations]
-    return torch.cat(rows), torch.diag(torch.cat(noise))
 
 
 def main() -> None:
@@ -91,9 +84,8 @@ def main() -> None:
         for name, modalities in SETS.items():
             observations = [case.observations[m] for m in modalities]
             analysis = optimal_interpolation(mean[None], observations, covariance)[0]
-            h, r = linear_matrix(observations, levels)
-            gain = cov @ h.T @ torch.linalg.inv(h @ cov @ h.T + r)
-            posterior = cov - gain @ h @ cov
+            exact = GaussianPosterior.from_observations(mean[None], cov, observations)
+            posterior = exact.covariance
             estimates.setdefault(("1D-Var", name), []).append(
                 gaussian_members(analysis, 0.5 * (posterior + posterior.T), args.members, k)
             )
