@@ -625,8 +625,22 @@ def read_stations(
     grid = background.grid_shape
     periodic = tuple(periodic) if periodic is not None else (False,) * len(grid)
     times = _time_indices(table["time"].to_numpy(), data, where)
+    value = table["value"].to_numpy(dtype=float)
+    error = table["error"].to_numpy(dtype=float)
+    ids = table["station"].astype(str).to_numpy()
+    if np.isinf(value).any():
+        raise ValueError(f"{where}: column 'value' has inf; expected K values, NaN = missing")
+    present = ~np.isnan(value)
+    bad = present & ~(np.isfinite(error) & (error > 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: column 'error' is {error[i]} for station {ids[i]!r} at time "
+            f"{table['time'].iloc[i]}; expected a positive error in K for every value"
+        )
     if not grid and "pressure" in columns and "level" in data.coords:
-        return _column_profiles(table, times, data, where)
+        pressure = table["pressure"].to_numpy(dtype=float)
+        return _column_profiles(pressure, value, error, times, data, where)
     if "pressure" in columns:
         if "level" not in data.coords:
             raise ValueError(
@@ -646,19 +660,6 @@ def read_stations(
                 f"{np.unique(level)[:5].tolist()}"
             )
     positions = _positions(table, background, periodic, where)
-    value = table["value"].to_numpy(dtype=float)
-    error = table["error"].to_numpy(dtype=float)
-    ids = table["station"].astype(str).to_numpy()
-    if np.isinf(value).any():
-        raise ValueError(f"{where}: column 'value' has inf; expected K values, NaN = missing")
-    present = ~np.isnan(value)
-    bad = present & ~(np.isfinite(error) & (error > 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{where}: column 'error' is {error[i]} for station {ids[i]!r} at time "
-            f"{table['time'].iloc[i]}; expected a positive error in K for every value"
-        )
     repeated = table.assign(_t=times, _l=level).duplicated(["station", "_t", "_l"], keep=False)
     if repeated.any():
         i = int(np.flatnonzero(repeated.to_numpy())[0])
@@ -702,14 +703,16 @@ def read_stations(
 
 
 def _column_profiles(
-    table: Any, times: np.ndarray, data: xr.DataArray, where: str
+    pressure: np.ndarray,
+    value: np.ndarray,
+    error: np.ndarray,
+    times: np.ndarray,
+    data: xr.DataArray,
+    where: str,
 ) -> list[Observation]:
     """A column background's station rows as one :class:`~slams_diffusers.observations.Profile`
     per time: reports at any pressure (a surface report, a sonde's own levels), linear in
-    ``ln p`` between the background's levels."""
-    pressure = table["pressure"].to_numpy(dtype=float)
-    value = table["value"].to_numpy(dtype=float)
-    error = table["error"].to_numpy(dtype=float)
+    ``ln p`` between the background's levels (the rows' values and errors already checked)."""
     levels = np.asarray(data.coords["level"].values, dtype=float).tolist()
     out = []
     for t in np.unique(times):
