@@ -4,6 +4,7 @@ from .covariance import (
     DenseCovariance,
     DiagonalCovariance,
     SpectralCovariance,
+    ZonalCovariance,
     estimate_background_covariance,
     nmc_covariance,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SLAMSPipeline",
     "Satellite",
     "SpectralCovariance",
+    "ZonalCovariance",
     "ScoreNet",
     "ScoreNetOutput",
     "StateAutoencoder",

@@ -50,6 +50,7 @@ __all__ = [
     "DenseCovariance",
     "DiagonalCovariance",
     "SpectralCovariance",
+    "ZonalCovariance",
     "background_covariance_of",
     "default_background_covariance",
     "estimate_background_covariance",
@@ -731,6 +732,178 @@ class SpectralCovariance(BackgroundCovariance):
         return cov
 
 
+# --------------------------------------------------------------------------- zonal
+
+
+class ZonalCovariance(BackgroundCovariance):
+    r"""Errors homogeneous along a periodic ``x`` only, e.g. longitude on a latitude–longitude grid:
+    ``B = F_x^H diag_m(C_m) F_x``.
+
+    ``F_x`` is the unitary DFT over ``x`` (``torch.fft.rfft(..., norm="ortho")``) and ``C_m`` a
+    Hermitian positive semi-definite matrix of order ``n = levels · ny`` over ``(level, y)`` per
+    zonal wavenumber ``m = 0 … nx // 2`` (a real field's ``−m`` carries ``conj(C_m)``; ``C_0`` and,
+    for even ``nx``, ``C_{nx/2}`` are real). The covariance of ``(l, y, x)`` and ``(l', y', x')``
+    depends on ``l, l', y, y'`` and ``x − x'`` only: variances, vertical and meridional
+    correlations change with latitude (tropics, storm tracks, poles), and are the same at every
+    longitude. It is what a global grid keeps of an ensemble covariance by averaging over
+    longitude (spectral localisation along one axis, as Buehner & Charron 2007 over all of them;
+    docs/method.md §Real grids). A pole row, one point repeated along ``x``, stays one point: its
+    ``C_m`` vanish for ``m > 0`` when the samples do.
+
+    Held as eigendecompositions ``C_m = U_m diag(λ_m) U_m^H``, so ``apply``, ``apply_sqrt`` and
+    ``solve`` are exact: buffers ``eigenvalues`` ``(M, n)`` and ``eigenvectors_real``,
+    ``eigenvectors_imag`` ``(M, n, n)`` (float64, ``M = nx // 2 + 1``; safetensors holds real
+    tensors). Config: ``levels``, ``grid_shape`` ``(y, x)``. Defaults to ``B = I``; build it with
+    :meth:`from_samples` or :meth:`from_matrices`.
+    """
+
+    @register_to_config
+    def __init__(self, levels: int = 1, grid_shape: Sequence[int] = (8, 16)) -> None:
+        super().__init__()
+        levels, grid = self._init_shape(levels, grid_shape)
+        if len(grid) != 2:
+            raise ValueError(
+                f"grid_shape: a zonal covariance needs a grid (y, x), got {grid} (use a "
+                "SpectralCovariance on a periodic line, a DenseCovariance on a column)"
+            )
+        m, n = self.num_wavenumbers, levels * grid[0]
+        self.register_buffer("eigenvalues", torch.ones(m, n, dtype=torch.float64))
+        self.register_buffer(
+            "eigenvectors_real", torch.eye(n, dtype=torch.float64).expand(m, n, n).clone()
+        )
+        self.register_buffer("eigenvectors_imag", torch.zeros(m, n, n, dtype=torch.float64))
+
+    @property
+    def num_wavenumbers(self) -> int:
+        """``M = nx // 2 + 1``: the zonal wavenumbers ``0 … nx // 2`` of a real field."""
+        return self.grid_shape[1] // 2 + 1
+
+    def _real_wavenumbers(self) -> list[int]:
+        """The wavenumbers whose Fourier coefficients of a real field are real: 0 and ``nx/2``."""
+        nx = self.grid_shape[1]
+        return [0, nx // 2] if nx % 2 == 0 else [0]
+
+    @classmethod
+    def from_matrices(
+        cls, matrices: Tensor, levels: int, grid_shape: Sequence[int]
+    ) -> ZonalCovariance:
+        """From ``C_m``, ``(nx // 2 + 1, levels · ny, levels · ny)`` (complex or real), over the
+        C-order flattening of ``(level, y)``: Hermitian-symmetrised; ``C_0`` (and ``C_{nx/2}``)
+        must be real and every ``C_m`` positive semi-definite (to a relative ``1e-8``)."""
+        cov = cls(levels=levels, grid_shape=tuple(as_grid_shape(grid_shape)))
+        c = torch.as_tensor(matrices)
+        n = cov.levels * cov.grid_shape[0]
+        if tuple(c.shape) != (cov.num_wavenumbers, n, n):
+            raise ValueError(
+                f"matrices: expected shape (nx // 2 + 1, levels * ny, levels * ny) = "
+                f"{(cov.num_wavenumbers, n, n)} for levels={cov.levels}, grid_shape="
+                f"{cov.grid_shape}; got {tuple(c.shape)}"
+            )
+        if not bool(torch.isfinite(torch.view_as_real(c.to(torch.complex128))).all()):
+            raise ValueError("matrices: contains NaN or inf; expected finite values")
+        c = c.to(torch.complex128)
+        scale = float(c.abs().max()) or 1.0
+        if float((c - c.mH).abs().max()) > 1e-8 * scale:
+            raise ValueError("matrices: expected Hermitian matrices")
+        real = cov._real_wavenumbers()
+        if float(c[real].imag.abs().max()) > 1e-8 * scale:
+            raise ValueError(
+                f"matrices: the wavenumbers {real} of a real field need real matrices, found an "
+                f"imaginary part {float(c[real].imag.abs().max()):g}"
+            )
+        c = 0.5 * (c + c.mH)
+        c[real] = c[real].real.to(c.dtype)
+        values, vectors = torch.linalg.eigh(c)
+        if float(values.min()) < -1e-8 * max(float(values.max()), 0.0) - 1e-300:
+            raise ValueError(
+                f"matrices: expected positive semi-definite matrices, smallest eigenvalue "
+                f"{float(values.min()):g}"
+            )
+        cov.eigenvalues = values.clamp_min(0.0).contiguous()
+        cov.eigenvectors_real = vectors.real.contiguous()
+        cov.eigenvectors_imag = vectors.imag.contiguous()
+        return cov
+
+    @classmethod
+    def from_samples(
+        cls, errors: Tensor, remove_mean: bool = False, *, taper: Tensor | None = None
+    ) -> ZonalCovariance:
+        r"""Estimate ``C_m`` from error samples ``e``: ``(N, levels, y, x)`` (more leading dims
+        are flattened into samples).
+
+            ê = rfft_x(e, norm="ortho"),   C_m = T ∘ (Σ_n ê_n(m) ê_n(m)^H / N)
+
+        ``F_x^H diag_m(C_m) F_x`` is the sample covariance averaged over the shifts along ``x``
+        (its projection on the covariances homogeneous in ``x``). ``taper`` ``T``: a symmetric
+        ``(levels · ny, levels · ny)`` correlation matrix over ``(level, y)`` (e.g. Gaspari–Cohn
+        in latitude, :func:`~slams_diffusers.ensemble.ensemble_covariance`) multiplying every
+        ``C_m`` entrywise; a Schur product with a correlation matrix keeps ``C_m`` positive
+        semi-definite. ``remove_mean=True`` subtracts the sample mean per cell first and divides
+        by ``N − 1``.
+        """
+        e, _ = _errors_tensor(errors, "errors", 2)
+        e, dof = _centred(e, remove_mean, "errors")
+        samples, levels, ny, nx = e.shape
+        spectral = torch.fft.rfft(e, dim=-1, norm="ortho")  # (N, levels, y, M)
+        spectral = spectral.permute(3, 0, 1, 2).reshape(nx // 2 + 1, samples, levels * ny)
+        matrices = spectral.transpose(-1, -2) @ spectral.conj() / dof  # Σ_n ê ê^H
+        if taper is not None:
+            t = torch.as_tensor(taper, dtype=torch.float64)
+            if tuple(t.shape) != (levels * ny, levels * ny):
+                raise ValueError(
+                    f"taper: expected shape (levels * ny, levels * ny) = {(levels * ny,) * 2}, "
+                    f"got {tuple(t.shape)}"
+                )
+            matrices = matrices * t
+        return cls.from_matrices(matrices, levels, (ny, nx))
+
+    def matrices(self) -> Tensor:
+        """``C_m = U_m diag(λ_m) U_m^H``, ``(nx // 2 + 1, levels · ny, levels · ny)`` complex128."""
+        u = torch.complex(self.eigenvectors_real, self.eigenvectors_imag)
+        return (u * self.eigenvalues[:, None, :].to(u.dtype)) @ u.mH
+
+    def _map(self, x: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+        levels, ny, nx = self.state_shape
+        lead, m, n = x.shape[: x.ndim - 3], self.num_wavenumbers, levels * ny
+        complex_dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        u = torch.complex(self.eigenvectors_real, self.eigenvectors_imag)
+        u = u.to(device=x.device, dtype=complex_dtype)
+        lam = self.eigenvalues.to(device=x.device, dtype=x.dtype)
+        # f sees λ laid out as (M, levels, ny), three dims like a state, so that a per-batch
+        # shift (..., 1, 1, 1) broadcasts over the leading dims
+        weights = f(lam.reshape(m, levels, ny))
+        weights = weights.reshape(*weights.shape[: weights.ndim - 2], n).broadcast_to(*lead, m, n)
+        weights = weights.reshape(-1, m, n).permute(1, 2, 0)  # (M, n, batch)
+        spectral = torch.fft.rfft(x, dim=-1, norm="ortho")  # (..., levels, y, M)
+        columns = spectral.reshape(-1, n, m).permute(2, 1, 0)  # (M, n, batch): a GEMM per m
+        columns = u @ ((u.mH @ columns) * weights.to(complex_dtype))
+        spectral = columns.permute(2, 1, 0).reshape(*lead, levels, ny, m)
+        return torch.fft.irfft(spectral, n=nx, dim=-1, norm="ortho")
+
+    def _max_eigenvalue(self) -> float:
+        return float(self.eigenvalues.max())
+
+    def variance(self) -> Tensor:
+        """``diag(B) = Σ_{m=−nx/2}^{nx/2} diag(C_m) / nx`` per ``(level, y)``, the same at every
+        ``x``: ``(levels, y, x)`` (float64)."""
+        levels, ny, nx = self.state_shape
+        power = self.eigenvectors_real.square() + self.eigenvectors_imag.square()
+        per_wavenumber = (power * self.eigenvalues[:, None, :]).sum(-1)  # (M, n)
+        multiplicity = torch.full((self.num_wavenumbers,), 2.0, dtype=torch.float64)
+        multiplicity[self._real_wavenumbers()] = 1.0
+        per_row = (multiplicity.to(per_wavenumber) @ per_wavenumber) / nx
+        return per_row.reshape(levels, ny, 1).expand(levels, ny, nx).clone()
+
+    def scaled(self, factor: float) -> ZonalCovariance:
+        """``factor² C_m``."""
+        factor = _as_factor(factor, "factor")
+        cov = type(self)(levels=self.levels, grid_shape=self.grid_shape)
+        cov.eigenvalues = self.eigenvalues * factor**2
+        cov.eigenvectors_real = self.eigenvectors_real.clone()
+        cov.eigenvectors_imag = self.eigenvectors_imag.clone()
+        return cov
+
+
 # --------------------------------------------------------------------------- estimation
 
 
@@ -746,6 +919,8 @@ def _from_errors(
         return SpectralCovariance.from_samples(
             errors, isotropic=isotropic, remove_mean=remove_mean, spatial_dims=spatial_dims
         )
+    if kind == "zonal":
+        return ZonalCovariance.from_samples(errors, remove_mean=remove_mean)
     e, sd = _errors_tensor(errors, name, spatial_dims)
     e, dof = _centred(e, remove_mean, name)
     levels = e.shape[1]
@@ -755,8 +930,8 @@ def _from_errors(
 
 
 def _check_kind(kind: Any) -> str:
-    if kind not in ("spectral", "diagonal"):
-        raise ValueError(f"kind: expected 'spectral' or 'diagonal', got {kind!r}")
+    if kind not in ("spectral", "zonal", "diagonal"):
+        raise ValueError(f"kind: expected 'spectral', 'zonal' or 'diagonal', got {kind!r}")
     return kind
 
 
@@ -782,6 +957,8 @@ def estimate_background_covariance(
     leading dims (cases, time, …) flattened into samples.
 
     - ``kind="spectral"``: :meth:`SpectralCovariance.from_samples` (homogeneous, per wavenumber).
+    - ``kind="zonal"``: :meth:`ZonalCovariance.from_samples` (homogeneous in ``x`` only: a
+      latitude–longitude grid; ``isotropic`` does not apply).
     - ``kind="diagonal"``: :class:`DiagonalCovariance` with the per-level rms error
       ``std_l = sqrt(mean_{n, cells} e_l²)``, the same in every cell.
 

@@ -24,6 +24,14 @@ cross-level covariance per wavenumber (shell) estimated from the perturbations
 ``SpectralCovariance``. Averaging over the grid's translations is the localisation here: it keeps
 the ensemble's error amplitude per scale and level and its vertical correlations, and drops
 where in the domain the errors are (spectral localisation, Buehner & Charron 2007).
+
+``structure="zonal"`` is for global latitude–longitude grids, periodic in longitude only: ``B = ρ
+(L_y ∘ P_z) + B_s`` with ``P_z`` the part of ``P_f`` homogeneous in longitude (its cross-level and
+cross-latitude covariance per zonal wavenumber,
+:meth:`~slams_diffusers.covariance.ZonalCovariance.from_samples`), ``L_y`` the Gaspari–Cohn taper
+of the latitude distance (every level and wavenumber shares it) and ``B_s`` a
+``ZonalCovariance``: the errors' amplitude and structure change with latitude, and are averaged
+over longitude.
 """
 
 from __future__ import annotations
@@ -36,12 +44,12 @@ import torch
 from torch import Tensor
 
 from .baselines.localization import gaspari_cohn, grid_distance, grid_positions
-from .covariance import DENSE_MAX_SIZE, DenseCovariance, SpectralCovariance
+from .covariance import DENSE_MAX_SIZE, DenseCovariance, SpectralCovariance, ZonalCovariance
 from .validation import finite_float, periodic_axes
 
 __all__ = ["CovarianceOptions", "ensemble_covariance", "localization_matrix"]
 
-STRUCTURES = ("dense", "spectral")
+STRUCTURES = ("dense", "spectral", "zonal")
 
 
 def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: Any = True) -> Tensor:
@@ -55,8 +63,9 @@ def localization_matrix(grid_shape: tuple[int, ...], radius: float, periodic: An
 class CovarianceOptions:
     """What ``B`` takes besides the members, checked and precomputed once for a state
     ``(levels, *space)``: the ``structure``; ``taper`` the ``L`` over every value (levels share a
-    column's), or ``None``; ``inflation`` ``ρ``; ``static`` ``B_s`` as a matrix (dense) or its
-    ``C(k)`` per wavenumber (spectral), or ``None``."""
+    column's; zonal: over ``(level, y)``), or ``None``; ``inflation`` ``ρ``; ``static`` ``B_s`` as
+    a matrix (dense), its ``C(k)`` per wavenumber (spectral) or its ``C_m`` per zonal wavenumber
+    (zonal), or ``None``."""
 
     state_shape: tuple[int, ...]
     taper: Tensor | None
@@ -82,11 +91,18 @@ class CovarianceOptions:
             raise ValueError(f"inflation: expected a number > 0, got {rho}")
         size = levels * math.prod(space)
         if structure is None:
-            structure = "dense" if size <= DENSE_MAX_SIZE else "spectral"
+            if size <= DENSE_MAX_SIZE:
+                structure = "dense"
+            elif len(space) == 2 and periodic_axes(periodic, 2) == (False, True):
+                structure = "zonal"
+            else:
+                structure = "spectral"
         if structure not in STRUCTURES:
             raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
         if structure == "spectral":
             return cls._spectral(tuple(state_shape), localization_radius, periodic, rho, static)
+        if structure == "zonal":
+            return cls._zonal(tuple(state_shape), localization_radius, periodic, rho, static)
         if size > DENSE_MAX_SIZE:
             raise ValueError(
                 f"structure: a dense B of states {tuple(state_shape)} has order {size}, expected "
@@ -94,11 +110,7 @@ class CovarianceOptions:
             )
         taper = None
         if localization_radius is not None:
-            radius = finite_float(localization_radius, "localization_radius")
-            if radius <= 0:
-                raise ValueError(
-                    f"localization_radius: expected a number > 0 (cells), got {radius}"
-                )
+            radius = _radius(localization_radius)
             periodic_axes(periodic, len(space))  # validates it here, naming it
             cells = localization_matrix(tuple(space), radius, periodic)
             taper = torch.kron(torch.ones(levels, levels, dtype=cells.dtype), cells)
@@ -151,6 +163,47 @@ class CovarianceOptions:
                 spectrum = spectrum[static.shells()]
         return cls(state_shape, None, rho, spectrum, "spectral")
 
+    @classmethod
+    def _zonal(
+        cls,
+        state_shape: tuple[int, ...],
+        localization_radius: Any,
+        periodic: Any,
+        rho: float,
+        static: Any,
+    ) -> CovarianceOptions:
+        if len(state_shape) != 3:
+            raise ValueError(f"structure: a zonal B needs a grid (y, x), got states {state_shape}")
+        if periodic_axes(periodic, 2) != (False, True):
+            raise ValueError(
+                f"periodic: a zonal B wraps x (longitude) only, got {periodic!r}; expected 'x'"
+            )
+        levels, ny, _ = state_shape
+        taper = None
+        if localization_radius is not None:
+            rows = torch.arange(ny, dtype=torch.float64)
+            latitude = gaspari_cohn(
+                (rows[:, None] - rows[None, :]).abs(), _radius(localization_radius)
+            )
+            taper = torch.kron(torch.ones(levels, levels, dtype=torch.float64), latitude)
+        matrices = None
+        if static is not None:
+            if not isinstance(static, ZonalCovariance) or tuple(static.state_shape) != state_shape:
+                raise ValueError(
+                    f"static: with structure='zonal', expected a ZonalCovariance of states "
+                    f"{state_shape}, got {type(static).__name__} of "
+                    f"{tuple(getattr(static, 'state_shape', ()))}"
+                )
+            matrices = static.matrices().cpu()
+        return cls(state_shape, taper, rho, matrices, "zonal")
+
+
+def _radius(localization_radius: Any) -> float:
+    radius = finite_float(localization_radius, "localization_radius")
+    if radius <= 0:
+        raise ValueError(f"localization_radius: expected a number > 0 (cells), got {radius}")
+    return radius
+
 
 def ensemble_covariance(
     members: Tensor,
@@ -167,13 +220,16 @@ def ensemble_covariance(
     Args:
         members: the forecast ensemble, ``N >= 2`` finite states.
         localization_radius: the Gaspari–Cohn half-width ``c`` in grid cells (correlations vanish
-            beyond ``2c``); ``None`` = no localisation.
-        periodic: the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`).
+            beyond ``2c``; zonal: in latitude rows); ``None`` = no localisation.
+        periodic: the axes that wrap (:func:`~slams_diffusers.validation.periodic_axes`; ``"x"``
+            for a zonal ``B``).
         inflation: ``ρ >= 1`` is usual; any ``ρ > 0`` is accepted.
         static: ``B_s``, a covariance object of the same state (e.g. a ``SpectralCovariance``),
             or ``None``.
-        structure: ``"dense"`` (``ρ (L ∘ P_f) + B_s``) or ``"spectral"`` (``ρ P_h + B_s``, no
-            ``localization_radius``); ``None``: dense up to ``DENSE_MAX_SIZE`` values.
+        structure: ``"dense"`` (``ρ (L ∘ P_f) + B_s``), ``"spectral"`` (``ρ P_h + B_s``, no
+            ``localization_radius``) or ``"zonal"`` (``ρ (L_y ∘ P_z) + B_s``, a latitude–longitude
+            grid); ``None``: dense up to ``DENSE_MAX_SIZE`` values, else zonal where only ``x``
+            wraps, else spectral.
         options: all of the above, built once (:meth:`CovarianceOptions.build`) for a caller
             that forms ``B`` at every cycle; it replaces them.
     """
@@ -199,6 +255,16 @@ def ensemble_covariance(
             f"{options.state_shape}"
         )
     levels, *space = members.shape[1:]
+    if options.structure == "zonal":
+        sample = ZonalCovariance.from_samples(
+            members.double().cpu(), remove_mean=True, taper=options.taper
+        )
+        if options.inflation == 1.0 and options.static is None:
+            return sample
+        matrices = options.inflation * sample.matrices()
+        if options.static is not None:
+            matrices = matrices + options.static
+        return ZonalCovariance.from_matrices(matrices, levels, tuple(space))
     if options.structure == "spectral":
         sample = SpectralCovariance.from_samples(
             members.double().cpu(), remove_mean=True, spatial_dims=len(space)
