@@ -1,6 +1,7 @@
 """A global latitude-longitude grid that the U-Net's halvings do not divide (ERA5's 61 × 120 at
 3°): latitude padded with its edge rows on the way in and cropped on the way out, longitude
-periodic and never padded (docs/method.md §Columns and real radiosondes)."""
+periodic and never padded; the ERA5 sample that ships with the package and its real-data twin
+(docs/method.md §Real grids)."""
 
 import importlib.util
 from pathlib import Path
@@ -10,8 +11,16 @@ import pytest
 import torch
 import xarray as xr
 
-from slams_diffusers import LevelNormalizer, ScoreNet, SLAMSPipeline, VPPredictorCorrectorScheduler
+from slams_diffusers import (
+    LevelNormalizer,
+    ScoreNet,
+    SLAMSPipeline,
+    VPPredictorCorrectorScheduler,
+    ZonalCovariance,
+)
 from slams_diffusers.data.datasets import to_store
+from slams_diffusers.data.era5 import packaged_era5, twin_case
+from slams_diffusers.ensemble import ensemble_covariance
 from slams_diffusers.observations import Stations
 
 REPO = Path(__file__).parents[1]
@@ -105,3 +114,54 @@ def test_training_on_a_grid_the_unet_does_not_divide_pads_it(tmp_path):
     pipe = SLAMSPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert pipe.autoencoder.config.pad_to_multiple == 2
     assert pipe.autoencoder.latent_shape((13, 16)) == (14, 16)
+
+
+def test_the_packaged_era5_twin_runs_on_its_grid_with_a_zonal_b():
+    data = packaged_era5()
+    assert data.dims == ("trajectory", "time", "level", "y", "x")
+    assert data.shape == (10, 4, 2, 61, 120)
+    np.testing.assert_array_equal(data.y.values, np.linspace(-90.0, 90.0, 61))
+    np.testing.assert_array_equal(data.x.values, np.arange(0.0, 360.0, 3.0))
+    assert [str(s, "ascii") for s in data.split.values] == ["train"] * 3 + ["test"]
+    assert 200.0 < float(data.min()) and float(data.max()) < 310.0
+    case = twin_case(data, 4)
+    assert torch.equal(case.truth, torch.from_numpy(data.values[4, -1].astype(np.float64)))
+    assert case.members.shape == (9, 2, 61, 120) and case.error_inflation == pytest.approx(10 / 9)
+    covariance = ensemble_covariance(
+        case.members, periodic="x", localization_radius=4.0, inflation=case.error_inflation
+    )
+    assert isinstance(covariance, ZonalCovariance)
+    # the members' spread is a real error estimate: the mean's error is of its size
+    error = (case.background - case.truth).square().mean().sqrt()
+    spread = covariance.variance().mean().sqrt()
+    assert 0.5 < float(error / spread) < 2.0
+
+    torch.manual_seed(0)
+    net = ScoreNet(in_channels=2, window=1, hidden_channels=(8, 8, 8), layers_per_block=1,
+                   periodic=True)  # fmt: skip
+    normalizer = LevelNormalizer(
+        levels=2, spatial_dims=2, level_mean=[265.0, 245.0], level_std=[15.0, 12.0],
+        levels_hpa=LEVELS, grid_shape=[61, 120], pad_to_multiple=4,
+    )  # fmt: skip
+    pipe = SLAMSPipeline(
+        score_model=net, scheduler=VPPredictorCorrectorScheduler(), autoencoder=normalizer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    stations = Stations.simulate(
+        case.truth, torch.tensor([[10.0, 5.0], [30.5, 119.5], [55.0, 60.0]]), [0, 1], 0.5,
+        periodic="x", generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    background = data.isel(trajectory=slice(0, 4), time=[3]).mean("trajectory")
+    out = pipe(
+        background=background,
+        background_error_covariance=covariance,
+        observations=[stations],
+        num_members=2,
+        num_inference_steps=3,
+        generator=[torch.Generator().manual_seed(m) for m in range(2)],
+    )
+    assert out.mean.dims == background.dims and out.mean.shape == background.shape
+    for name in background.coords:
+        np.testing.assert_array_equal(out.mean[name].values, background[name].values)
+    assert out.quality_control.rejected == {"stations": 0}
+    assert np.isfinite(out.members.values).all()

@@ -1,15 +1,19 @@
 """The real global grid of issue 18: ERA5's ensemble of data assimilations, from the sample that
 cfgrib's source distribution ships (t on 850 and 500 hPa, 10 members, 4 times 12 h apart,
 2017-01-01 to 01-02, a 3° grid of 61 × 120; ERA5 is CC-BY-4.0, Copernicus Climate Change
-Service), as a netCDF3 store the package reads without HDF5:
+Service), as the netCDF3 store that ships with the package (``slams_diffusers/data/era5_members.nc``,
+read without HDF5 by :func:`slams_diffusers.data.era5.packaged_era5`):
 
     pip download --no-deps --no-binary :all: cfgrib==0.9.15.1 -d downloads
     pip install h5netcdf h5py   # to read the sample's netCDF4 (HDF5) file, here only
     python training/build_era5_sample.py --cfgrib downloads/cfgrib-0.9.15.1.tar.gz \
-        --out data/era5-members.nc
+        --out slams_diffusers/data/era5_members.nc
 
-The store keeps the sample's dims ``(number, time, isobaricInhPa, latitude, longitude)``:
-``number`` is the ensemble member.
+The store has the dims ``(trajectory, time, isobaricInhPa, latitude, longitude)`` that
+:func:`~slams_diffusers.data.stores.open_store` reads: ``trajectory`` is the ensemble member (each
+member cycles its own perturbed-observation assimilation, an independent trajectory), and a
+``split`` coordinate on ``time`` keeps the last time out of training (``train`` for the first
+three, ``test`` for the last: the real-data twin of ``benchmarks/era5_twin.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import io
 import tarfile
 
+import numpy as np
 import xarray as xr
 
 SAMPLE = "cfgrib-0.9.15.1/tests/sample-data/era5-levels-members.nc"
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     with xr.open_dataset(io.BytesIO(raw), engine="h5netcdf") as sample:
         t = sample["t"].astype("float32").load()
     t = t.drop_vars([c for c in ("valid_time", "step") if c in t.coords])
+    t = t.rename(number="trajectory")
+    split = ["train"] * (t.sizes["time"] - 1) + ["test"]
+    t = t.assign_coords(split=("time", np.array(split, dtype="S5")))
     t.attrs = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
     xr.Dataset(
         {"t": t},
