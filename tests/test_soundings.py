@@ -1,5 +1,5 @@
 """Real radiosonde profiles: parsing, fixed pressure levels, the packaged store, the column
-observation operator and the column cases (docs/method.md §Real data)."""
+observation operator and the column cases (docs/method.md §Columns and real radiosondes)."""
 
 import math
 import shutil

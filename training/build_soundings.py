@@ -1,4 +1,4 @@
-"""The real-profile data of the column prior (docs/method.md §Real data).
+"""The real-profile data of the column prior (docs/method.md §Columns and real radiosondes).
 
     pip download --no-deps sharppy==1.4.0a5 -d downloads
     python training/build_soundings.py --sharppy downloads/SHARPpy-1.4.0a5-py2.py3-none-any.whl \

@@ -1,4 +1,4 @@
-"""Real radiosonde profiles on fixed pressure levels (docs/method.md §Real data).
+"""Real radiosonde profiles on fixed pressure levels (docs/method.md §Columns and real radiosondes).
 
 The soundings are those that the SHARPpy package ships (``sharppy/databases/sars``: NOAA
 data, distributed with SHARPpy's BSD-3-licensed code): ``hail/`` holds 1,148 observed
@@ -378,7 +378,7 @@ def column_cases(
     seed: int = 0,
 ) -> list[ColumnCase]:
     """The real-column assimilation cases of ``data``'s complete ``split``/``kind`` profiles
-    (docs/method.md §Real data). The truth is the launch itself on the column levels; the
+    (docs/method.md §Columns and real radiosondes). The truth is the launch itself on the column levels; the
     observations are
 
     - ``"surface"``: the real surface report at its own pressure, less the bias of
