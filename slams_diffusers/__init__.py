@@ -12,6 +12,7 @@ from .cycling import CycleOutput, SLAMSFilter
 from .ensemble import ensemble_covariance
 from .forecast import StateMap, numpy_forecast
 from .guidance import GaussianTerm, GuidedScore, conjugate_gradient, likelihood_score
+from .hub import embedded_pipelines
 from .models import (
     LevelNormalizer,
     MarkovBlanketScore,
@@ -79,6 +80,7 @@ __all__ = [
     "VPPredictorCorrectorScheduler",
     "VPPredictorCorrectorSchedulerOutput",
     "conjugate_gradient",
+    "embedded_pipelines",
     "ensemble_covariance",
     "estimate_background_covariance",
     "fuse_gaussians",
@@ -95,22 +97,40 @@ __all__ = [
 
 
 def _register_with_diffusers() -> None:
-    """Make ``diffusers.DiffusionPipeline.from_pretrained(folder or Hub id)`` load a saved
-    ``SLAMSPipeline``.
+    """Make ``diffusers.DiffusionPipeline.from_pretrained(folder, embedded name or Hub id)`` load
+    a saved ``SLAMSPipeline``.
 
     diffusers looks the ``_class_name`` of ``model_index.json`` up in its own namespace, so the
     class is bound there. Before downloading a Hub snapshot it also checks that every component's
     library (here a module such as ``slams_diffusers.models.score_net``) is a loadable library or
     a file of the repository; the modules of this package's components are registered as
     loadable libraries with diffusers' own save/load methods. No code from the model folder runs:
-    the components' classes come from this package.
+    the components' classes come from this package. ``from_pretrained`` calls ``download`` for
+    what is not a folder; the name of an embedded pipeline is answered with its folder (by
+    :func:`slams_diffusers.hub.resolve_pipeline`), anything else goes on to diffusers' own.
     """
+    import functools
+    import os
+    from typing import Any
+
     import diffusers
-    from diffusers import ConfigMixin
+    from diffusers import ConfigMixin, DiffusionPipeline
     from diffusers.pipelines import pipeline_loading_utils
+
+    from . import hub
 
     if getattr(diffusers, "SLAMSPipeline", None) is None:
         diffusers.SLAMSPipeline = SLAMSPipeline
+        download = DiffusionPipeline.download.__func__
+
+        def download_embedded(
+            cls: type, pretrained_model_name: str, **kwargs: Any
+        ) -> str | os.PathLike:
+            if pretrained_model_name in hub.embedded_pipelines():
+                return hub.resolve_pipeline(pretrained_model_name)
+            return download(cls, pretrained_model_name, **kwargs)
+
+        DiffusionPipeline.download = classmethod(functools.wraps(download)(download_embedded))
     methods = pipeline_loading_utils.LOADABLE_CLASSES["diffusers"]
     for name in __all__:
         component = globals()[name]

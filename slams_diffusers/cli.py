@@ -27,8 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-#: The embedded pretrained pipeline of a source checkout (``pipelines/`` next to the package).
-EMBEDDED_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "slams-qg-tiny"
+#: The embedded pretrained pipeline that ``demo`` and ``assimilate`` load by default (found by
+#: its name from any folder; see :func:`slams_diffusers.embedded_pipelines`).
+DEFAULT_PIPELINE = "slams-qg-tiny"
+_PIPELINE_HELP = (
+    "a pipeline folder, the name of an embedded pipeline (a folder of that name wins) or a Hub "
+    "repo id 'org/name'"
+)
 #: The training scripts of a source checkout.
 TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"
 
@@ -1140,7 +1145,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="assimilate a freshly simulated testbed window with the embedded pipeline, compare "
         "with the background and OI/3D-Var, write analysis.nc and demo.png",
     )
-    demo.add_argument("--pipeline", default=str(EMBEDDED_PIPELINE), help="folder or Hub id")
+    demo.add_argument(
+        "--pipeline", default=DEFAULT_PIPELINE, help=f"{_PIPELINE_HELP} (default: %(default)s)"
+    )
     demo.add_argument("--members", type=_positive_int, default=16)
     demo.add_argument("--steps", type=_positive_int, default=32)
     demo.add_argument("--seed", type=int, default=0)
@@ -1164,7 +1171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "assimilate ...` the analysis windows are shared among the processes.",
     )
     add = assimilate.add_argument
-    add("--pipeline", default=str(EMBEDDED_PIPELINE), help="pipeline folder or Hub id")
+    add("--pipeline", default=DEFAULT_PIPELINE, help=f"{_PIPELINE_HELP} (default: %(default)s)")
     add("--background", required=True, help="netCDF / zarr: temperature (time, level, y?, x) in K")
     add("--variable", default=None, help="the background's variable (default: guessed)")
     add("--trajectory", type=int, default=None, help="index along a trajectory dim, if any")
@@ -1233,7 +1240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model module:callable imports and runs your own Python code (your forecast model).",
     )
     add = cycle.add_argument
-    add("--pipeline", required=True, help="pipeline folder or Hub id")
+    add("--pipeline", required=True, help=_PIPELINE_HELP)
     add(
         "--model",
         required=True,

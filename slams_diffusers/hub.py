@@ -1,8 +1,8 @@
-"""Hugging Face Hub helpers: downloading a pipeline and checking its folder is complete, model
-cards, and safetensors-only folder uploads.
+"""Hugging Face Hub helpers: finding a pipeline (a folder, an embedded pipeline's name or a Hub
+repo id) and checking its folder is complete, model cards, and safetensors-only folder uploads.
 
-Everything here except :func:`push_folder_to_hub` and a :func:`download_pipeline` that is not
-in the cache works offline. Cards are written with
+Everything here except :func:`push_folder_to_hub` and a :func:`resolve_pipeline` of a Hub repo
+that is not in the cache works offline. Cards are written with
 ``ModelCard.from_template`` and never ``validate()``-d (that needs the network).
 """
 
@@ -24,25 +24,35 @@ __all__ = [
     "CARD_TAGS",
     "FORBIDDEN_WEIGHT_SUFFIXES",
     "CARD_INPUTS",
+    "EMBEDDED_ROOT",
     "HUB_KWARGS",
     "check_finite_weights",
     "check_pipeline_folder",
     "check_safetensors",
-    "download_pipeline",
+    "embedded_pipelines",
     "looks_local",
     "model_card",
     "pipeline_card",
     "push_folder_to_hub",
+    "resolve_pipeline",
     "save_model_card",
 ]
 
 CARD_TAGS = ["diffusers", "data-assimilation", "weather", "slams"]
-FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pkl", ".pickle")
+#: Suffixes of pickle-based weights files; weights are safetensors only, these are refused.
+FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: File in a pipeline folder holding the arguments of :func:`model_card` (JSON), so the card
 #: can be rebuilt when evaluation results arrive.
 CARD_INPUTS = "model_card.json"
 #: Arguments of ``from_pretrained`` that go to ``snapshot_download`` for a Hub repo id.
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+_PACKAGE = Path(__file__).resolve().parent
+#: The folder of the embedded pretrained pipelines, one subfolder each: ``pipelines/`` of the
+#: repository, which an installed wheel carries as ``slams_diffusers/embedded/`` and a source
+#: checkout (or an editable install) has beside the package.
+EMBEDDED_ROOT = (
+    _PACKAGE / "embedded" if (_PACKAGE / "embedded").is_dir() else _PACKAGE.parent / "pipelines"
+)
 
 DEFAULT_INTENDED_USE = (
     "Research on score-based data assimilation: sampling ensembles of atmospheric states "
@@ -190,32 +200,52 @@ def check_finite_weights(pipe: Any, path: str) -> None:
             )
 
 
-def download_pipeline(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str:
-    """The local folder of a pipeline that is not one already: ``ValueError`` for a path that can
-    only be a (missing) folder or an invalid repo id, else the Hub snapshot of the repo id
-    (``hub_kwargs``: :data:`HUB_KWARGS` of ``snapshot_download``); ``OSError`` when it cannot be
-    fetched (offline and not cached, or no such repo)."""
+def embedded_pipelines() -> list[str]:
+    """The names of the pretrained pipelines shipped with the package, sorted. Each loads offline
+    by its name alone, from any working directory: ``SLAMSPipeline.from_pretrained(name)``."""
+    if not EMBEDDED_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in EMBEDDED_ROOT.iterdir() if (p / "model_index.json").is_file())
+
+
+def resolve_pipeline(pretrained_model_name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str:
+    """The local folder of a pipeline, in this order: an existing folder as it is (it wins over
+    an embedded pipeline of the same name); the folder of an embedded pipeline's name (see
+    :func:`embedded_pipelines`); the Hub snapshot of a repo id ``org/name`` (``hub_kwargs``:
+    :data:`HUB_KWARGS` of ``snapshot_download``).
+
+    ``ValueError`` listing the embedded names for anything else: a path that can only be a
+    (missing) folder, an invalid repo id, or a repo that cannot be fetched (offline and not
+    cached, or no such repo).
+    """
     path = os.fspath(pretrained_model_name_or_path)
+    if os.path.isdir(path):
+        return path
+    names = embedded_pipelines()
+    if path in names:
+        return str(EMBEDDED_ROOT / path)
+    where = f"(working directory {os.getcwd()!r})"
+    expected = (
+        f"expected a folder written by save_pretrained, the name of an embedded pipeline "
+        f"{names} or a Hub repo id 'org/name'"
+    )
     if looks_local(path):
         found = "is a file" if os.path.exists(path) else "does not exist"
         raise ValueError(
-            f"`pretrained_model_name_or_path`: the folder {path!r} {found} (working directory "
-            f"{os.getcwd()!r}); expected a folder written by save_pretrained or a Hub repo id "
-            "'org/name'"
+            f"`pretrained_model_name_or_path`: the folder {path!r} {found} {where}; {expected}"
         )
     try:
         return huggingface_hub.snapshot_download(path, **hub_kwargs)
     except HFValidationError as error:
         raise ValueError(
-            f"`pretrained_model_name_or_path`: {path!r} is neither a folder (working "
-            f"directory {os.getcwd()!r}) nor a valid Hub repo id 'org/name'"
+            f"`pretrained_model_name_or_path`: {path!r} is neither a folder {where} nor a valid "
+            f"Hub repo id; {expected}"
         ) from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise OSError(
-            f"Could not load pipeline {pretrained_model_name_or_path!r}: it is not a local "
-            f"folder (working directory {os.getcwd()!r}) and the Hub repo could not be "
-            "fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no such "
-            f"repo): {' '.join(str(error).split())}"
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: {path!r} is not a folder {where} and the Hub repo "
+            "could not be fetched (offline with HF_HUB_OFFLINE=1 and not in the cache, or no "
+            f"such repo: {' '.join(str(error).split())}); {expected}"
         ) from error
 
 
@@ -264,8 +294,9 @@ def model_card(
     """Build the model card of a SLAMS pipeline, offline.
 
     Args:
-        repo_id: Hub repo id (``"org/name"``) used in the title and the load snippet; ``None``
-            for a local folder (the snippet then loads ``"path/to/pipeline"``).
+        repo_id: Hub repo id (``"org/name"``) or embedded pipeline name, used in the title and
+            the load snippet; ``None`` for a local folder (the snippet then loads
+            ``"path/to/pipeline"``).
         base_description: Free text describing the pipeline (models, data, resolution).
         datasets: Hub data set ids or names, put into the card metadata.
         training: Training configuration, rendered as a YAML block.
@@ -388,8 +419,9 @@ def push_folder_to_hub(
 ) -> str:
     """Upload a saved pipeline folder to the Hub (network needed).
 
-    The folder must contain ``model_index.json`` and no ``.bin``/``.pt``/``.pkl``/``.pickle``
-    files (safetensors only). The repo is created if missing (``exist_ok=True``).
+    The folder must contain ``model_index.json`` and no weights file with one of
+    :data:`FORBIDDEN_WEIGHT_SUFFIXES` (safetensors only). The repo is created if missing
+    (``exist_ok=True``).
 
     Returns:
         The commit URL as returned by ``HfApi.upload_folder``.

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from slams_diffusers import SLAMSPipeline
-from slams_diffusers.cli import EMBEDDED_PIPELINE, main
+from slams_diffusers.cli import main
 from slams_diffusers.data.qg import simulate_dataset, write_dataset
 from slams_diffusers.data.testbed import default_observations
 from slams_diffusers.io import (
@@ -79,7 +79,7 @@ def assimilate_argv(folder: Path, out: Path, *extra: str) -> list[str]:
 def python_api_window(files, w: int, **kwargs) -> torch.Tensor:
     """The members of window ``w`` from ``pipe(...)`` with what ``assimilate_argv`` says:
     ``background_error_std=1.0``, the window's observations, ``member_generators(7, w, ...)``."""
-    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+    pipe = SLAMSPipeline.from_pretrained("slams-qg-tiny")
     pipe.set_progress_bar_config(disable=True)
     background = xr.open_dataset(files["folder"] / "background.nc")["t"]
     window = slice(5 * w, 5 * w + 5)

@@ -13,9 +13,10 @@ from diffusers import DiffusionPipeline
 
 import slams_diffusers
 from slams_diffusers import SLAMSPipeline, StateAutoencoder
-from slams_diffusers.cli import EMBEDDED_PIPELINE
+from slams_diffusers.hub import EMBEDDED_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
+EMBEDDED_PIPELINE = EMBEDDED_ROOT / "slams-qg-tiny"
 
 
 def analysis(pipe) -> torch.Tensor:
@@ -75,13 +76,13 @@ def test_the_registration_does_not_replace_a_diffusers_class():
 
 
 @pytest.mark.parametrize("name", ["slams-qg-tiny", "sda-qg-tiny"])
-def test_the_model_card_snippet_runs_as_written(name, monkeypatch):
+def test_the_model_card_snippet_runs_as_written(name, tmp_path, monkeypatch):
     card = (REPO / "pipelines" / name / "README.md").read_text()
     assert card == (REPO / "model_cards" / f"{name}.md").read_text()
     section = card.split("## How to load", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert "DiffusionPipeline.from_pretrained" in snippet
-    monkeypatch.chdir(REPO)
+    assert f'DiffusionPipeline.from_pretrained("{name}")' in snippet  # an embedded name
+    monkeypatch.chdir(tmp_path)  # anywhere, not only in a checkout
     namespace: dict = {}
     exec(compile(snippet, f"{name}/README.md", "exec"), namespace)
     assert type(namespace["pipe"]) is SLAMSPipeline

@@ -1,14 +1,20 @@
 """The pretrained pipelines shipped in ``pipelines/``: complete, safetensors only, loadable
-offline, documented, and the latent one beats its background on a fresh testbed window."""
+offline by their names from any folder, documented, and the latent one beats its background on a
+fresh testbed window."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from diffusers import DiffusionPipeline
 
-from slams_diffusers import LevelNormalizer, SLAMSPipeline, StateAutoencoder
+from slams_diffusers import LevelNormalizer, SLAMSPipeline, StateAutoencoder, embedded_pipelines
+from slams_diffusers.cli import build_parser, main
+from slams_diffusers.hub import EMBEDDED_ROOT
 
 PIPELINES = Path(__file__).parents[1] / "pipelines"
+ALL = ["sda-l96", "sda-qg-tiny", "sda-raob-column", "slams-qg-tiny"]
 NAMES = ["slams-qg-tiny", "sda-qg-tiny"]
 
 
@@ -88,3 +94,45 @@ def test_embedded_column_prior(monkeypatch):
     assert pipe.autoencoder.config.levels_hpa == [850.0 - 50.0 * i for i in range(16)]
     evaluation = json.loads((folder / "model_card.json").read_text())["evaluation"]
     assert evaluation["held-out launches (2005-2008)"] > 100
+
+
+# ---------------------------------------------------------------- found by name
+def test_embedded_names_are_the_repository_pipelines():
+    assert embedded_pipelines() == ALL
+    assert sorted(p.name for p in PIPELINES.iterdir() if p.is_dir()) == ALL
+    assert EMBEDDED_ROOT.resolve() == PIPELINES.resolve()  # a checkout: the one copy, no other
+
+
+def test_an_embedded_name_loads_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    pipe = SLAMSPipeline.from_pretrained("sda-l96")
+    assert (pipe.window, pipe.levels, pipe.spatial_dims) == (3, 1, 1)
+    entry = DiffusionPipeline.from_pretrained("sda-l96")  # after `import slams_diffusers`
+    assert type(entry) is SLAMSPipeline and entry.window == 3
+
+
+def test_a_local_folder_of_the_same_name_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(PIPELINES / "sda-raob-column", tmp_path / "sda-l96")  # a column, not a ring
+    for load in (SLAMSPipeline.from_pretrained, DiffusionPipeline.from_pretrained):
+        pipe = load("sda-l96")
+        assert (pipe.window, pipe.levels, pipe.spatial_dims) == (1, 16, 0)
+
+
+@pytest.mark.parametrize("name", ["no-such-pipeline", "org/no-such-pipeline", "./slams-qg-tiny"])
+def test_an_unknown_name_lists_the_embedded_names(name, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="pretrained_model_name_or_path") as error:
+        SLAMSPipeline.from_pretrained(name, cache_dir=str(tmp_path / "cache"))
+    assert repr(name) in str(error.value) and str(ALL) in str(error.value)
+
+
+def test_the_cli_takes_an_embedded_name_and_lists_them_for_an_unknown_one(tmp_path, capsys):
+    for command in (["demo"], ["assimilate", "--background", "xb.nc", "--out", "xa.nc"]):
+        assert build_parser().parse_args(command).pipeline == "slams-qg-tiny"
+    argv = ["demo", "--out", str(tmp_path), "--no-progress", "--pipeline", "no-such-pipeline"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "--pipeline 'no-such-pipeline'" in error and str(ALL) in error

@@ -16,10 +16,12 @@ import xarray as xr
 
 import slams_diffusers.data.qg as qg
 from slams_diffusers import SLAMSPipeline, Stations
-from slams_diffusers.cli import EMBEDDED_PIPELINE, main
+from slams_diffusers.cli import main
+from slams_diffusers.hub import EMBEDDED_ROOT
 from slams_diffusers.io import read_background, read_stations
 
 LEVELS = [850.0, 700.0, 500.0, 300.0, 200.0]
+EMBEDDED_PIPELINE = EMBEDDED_ROOT / "slams-qg-tiny"
 MEAN = [278.68, 268.57, 251.92, 228.58, 216.65]  # the embedded pipeline's training level means
 
 

@@ -20,7 +20,7 @@ from slams_diffusers import (
     Stations,
     gaussian_weighting_functions,
 )
-from slams_diffusers.cli import EMBEDDED_PIPELINE, main
+from slams_diffusers.cli import main
 from slams_diffusers.data.observing import station_network
 from slams_diffusers.data.qg import simulate_dataset
 from slams_diffusers.data.testbed import assimilation_cases, background_error_std
@@ -38,7 +38,7 @@ MEMBERS = 2
 def testbed():
     """The embedded pipeline, one testbed window (5 steps) and 32 stations (0.5 K) at step 2, the
     background error declared honestly: its per-level rms, correlated over 4 cells."""
-    pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+    pipe = SLAMSPipeline.from_pretrained("slams-qg-tiny")
     pipe.set_progress_bar_config(disable=True)
     run = simulate_dataset(1, 12, seed=7, spinup=100, splits=(0, 0, 1), store_pv="all")
     (case,) = assimilation_cases(run, "test", window=5, cases_per_trajectory=1, observations=False)

@@ -15,11 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN = """
 import torch
 from slams_diffusers import SLAMSPipeline
-from slams_diffusers.cli import EMBEDDED_PIPELINE
 from slams_diffusers.data.qg import simulate_dataset
 from slams_diffusers.data.testbed import assimilation_cases, background_error_std
 
-pipe = SLAMSPipeline.from_pretrained(EMBEDDED_PIPELINE)
+pipe = SLAMSPipeline.from_pretrained("slams-qg-tiny")
 pipe.set_progress_bar_config(disable=True)
 run = simulate_dataset(1, 12, seed=7, spinup=100, splits=(0, 0, 1), store_pv="all")
 (case,) = assimilation_cases(run, "test", window=5, cases_per_trajectory=1, seed=1)

@@ -88,14 +88,14 @@ class SLAMSPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Load from a local folder or a Hub repo id (the snapshot is downloaded, then loaded).
+        """Load from a local folder, an embedded pipeline's name (``"slams-qg-tiny"``, see
+        :func:`slams_diffusers.embedded_pipelines`; a folder of that name wins) or a Hub repo id
+        (the snapshot is downloaded, then loaded).
 
         diffusers cannot resolve plugin classes from a repo id by itself, hence the download.
         """
-        path = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            hub_kwargs = {key: kwargs.pop(key) for key in hub.HUB_KWARGS if key in kwargs}
-            path = hub.download_pipeline(pretrained_model_name_or_path, **hub_kwargs)
+        hub_kwargs = {key: kwargs.pop(key) for key in hub.HUB_KWARGS if key in kwargs}
+        path = hub.resolve_pipeline(pretrained_model_name_or_path, **hub_kwargs)
         hub.check_pipeline_folder(path)
         pipe = super().from_pretrained(path, **kwargs)
         hub.check_finite_weights(pipe, path)
