@@ -147,6 +147,6 @@ for name, description in DESCRIPTIONS.items():
     evaluations = {"sda-l96": l96_evaluation, "sda-raob-column": raob_evaluation}
     evaluation = evaluations[name]() if name in evaluations else None
     pipeline_card(
-        folder, repo_id=f"pipelines/{name}", base_description=description, evaluation=evaluation
+        folder, repo_id=name, base_description=description, evaluation=evaluation
     )
     shutil.copyfile(folder / "README.md", ROOT / "model_cards" / f"{name}.md")

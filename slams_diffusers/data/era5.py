@@ -40,7 +40,7 @@ def packaged_era5() -> xr.DataArray:
     longitude ``x`` from 0° east, with the ``split`` coordinate on ``time``."""
     path = resources.files("slams_diffusers.data").joinpath(PACKAGED_ERA5)
     with resources.as_file(path) as file:
-        return open_store(str(file)).load()
+        return open_store(str(file)).copy(deep=True)  # loaded, the flipped latitude made contiguous
 
 
 @dataclass(frozen=True)

@@ -214,12 +214,15 @@ def level_pressures(data: xr.DataArray) -> list[float] | None:
 
 
 def _ascending_space(array: xr.DataArray) -> xr.DataArray:
-    """Flip descending ``y`` / ``x`` coordinates (e.g. latitude 90..-90) to ascending order."""
+    """Flip descending ``y`` / ``x`` coordinates (e.g. latitude 90..-90) to ascending order. The
+    flipped coordinate is a fresh array (``torch.as_tensor`` refuses the reversed view)."""
     for dim in ("y", "x"):
         if dim in array.dims and dim in array.coords and array.sizes[dim] > 1:
             values = np.asarray(array.coords[dim].values)
             if values.ndim == 1 and np.all(np.diff(values) < 0):
                 array = array.isel({dim: slice(None, None, -1)})
+                flipped = array.coords[dim]
+                array = array.assign_coords({dim: flipped.copy(data=values[::-1].copy())})
     return array
 
 
