@@ -827,6 +827,9 @@ def _train_commands(args: argparse.Namespace) -> list[tuple[str, list[str], list
     from .io import open_dataset
     from .training import parse_args
 
+    parsers = {
+        name: _load_script(name).build_parser() for name in ("train_autoencoder", "train_score")
+    }
     data = args.data
     if not Path(data).exists():
         raise ValueError(f"--data: no such file or folder {data!r}")
@@ -857,7 +860,7 @@ def _train_commands(args: argparse.Namespace) -> list[tuple[str, list[str], list
     extra2 = shlex.split(args.score_args)
     parsed = {}
     for name, argv in (("train_autoencoder", stage1), ("train_score", [*stage2, *extra2])):
-        parser = _load_script(name).build_parser()
+        parser = parsers[name]
 
         def refuse(message: str, name: str = name, argv: list[str] = argv) -> None:
             raise ValueError(f"{name}.py rejects the options {argv}: {message}")
