@@ -880,11 +880,10 @@ def _train_commands(args: argparse.Namespace) -> list[tuple[str, list[str], list
         launch += ["--multi_gpu", "--num_processes", str(args.num_processes)]
     if args.mixed_precision != "no":
         launch += ["--mixed_precision", args.mixed_precision]
-    script = TRAINING_SCRIPTS / "train_autoencoder.py"
     return [
         (
             f"# stage 1: the autoencoder and the observation encoders, written to {autoencoder}",
-            [*launch, _shown(script)],
+            [*launch, _shown(TRAINING_SCRIPTS / "train_autoencoder.py")],
             stage1,
         ),
         (
