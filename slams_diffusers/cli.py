@@ -414,6 +414,8 @@ def _plot_analysis(dataset, background, observations, path: Path) -> None:
     last = slice(times - 1, times)
     level_names = [f"{float(v):g} hPa" for v in dataset["level"].values]
     y, x = (dataset[d] for d in background.spatial_dims[-2:])
+    time_units = dataset["time"].attrs.get("units")  # datetimes come decoded, without
+    drawn = f"{dataset['time'].values[-1]}{f' {time_units}' if time_units else ''}"
     plot_analysis_maps(
         mean=dataset["mean"].values[-1],
         std=dataset["std"].values[-1],
@@ -422,7 +424,7 @@ def _plot_analysis(dataset, background, observations, path: Path) -> None:
         level_names=level_names,
         x=x.rename(background.dim_names.get(x.name, x.name)),
         y=y.rename(background.dim_names.get(y.name, y.name)),
-        title=f"slams assimilate: the last time step, {dataset['time'].values[-1]}",
+        title=f"slams assimilate: the last time step, {drawn}",
         path=path,
     )
 
