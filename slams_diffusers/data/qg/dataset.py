@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 
-
 def _trajectory_generator(seed: int, index: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
