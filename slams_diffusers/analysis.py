@@ -36,7 +36,7 @@ autoencoder, else full) and :func:`unresolved_part` gives what the members ``D(z
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -181,9 +181,10 @@ def incremental_part(
     observations: Sequence[Observation],
     generators: list[torch.Generator | None],
     autoencode: Callable[[Tensor], Tensor],
+    progress: Callable[[list], Iterable] = iter,
 ) -> Tensor:
     """``"incremental"``: the background's own ``ρ_b`` for every member, ``(1, T, levels,
-    *space)``."""
+    *space)`` (no work per member: ``progress`` is not used)."""
     return residual[None]
 
 
@@ -195,19 +196,17 @@ def filtered_part(
     observations: Sequence[Observation],
     generators: list[torch.Generator | None],
     autoencode: Callable[[Tensor], Tensor],
+    progress: Callable[[list], Iterable] = iter,
 ) -> Tensor:
     """``"filtered"``: per member a draw of the posterior of ``ρ`` given ``ρ_b`` and the
-    ``observations`` (the module docstring), ``(n, T, levels, *space)``."""
+    ``observations`` (the module docstring), ``(n, T, levels, *space)``; the members' list of
+    ``(member, generator)`` is iterated through ``progress`` (e.g. a progress bar)."""
     unresolved = unresolved_error_covariance(autoencode, background, covariance).to(
         background.device
     )
     posterior = residual_posterior(residual, unresolved)
-    return torch.stack(
-        [
-            posterior.sample_given(member, observations, g)
-            for member, g in zip(resolved, generators, strict=True)
-        ]
-    )
+    pairs = list(zip(resolved, generators, strict=True))
+    return torch.stack([posterior.sample_given(m, observations, g) for m, g in progress(pairs)])
 
 
 #: What each analysis adds to the members ``D(z_a)`` (``"full"``: nothing), by name.
@@ -228,13 +227,17 @@ def unresolved_part(
     observations: Sequence[Observation],
     generator: torch.Generator | list[torch.Generator] | None,
     autoencode: Callable[[Tensor], Tensor],
+    progress: Callable[[list], Iterable] = iter,
 ) -> Tensor:
     """What the members ``resolved = D(z_a)`` ``(n, T, levels, *space)`` lack under
     ``analysis`` (:data:`UNRESOLVED_PARTS`), ``(n or 1, T, levels, *space)``, from
     ``ρ_b = x_b − D(E(x_b))``; draws use each member's generator after its reverse run.
     ``autoencode`` is ``D ∘ E`` on ``(batch, T, levels, *space)`` states; ``covariance`` is
-    ``B``."""
+    ``B``; work done member by member goes through ``progress`` (given the list of members,
+    it returns what to iterate: the list itself, or a progress bar over it)."""
     residual = background - autoencode(background[None])[0]
     generators = generator if isinstance(generator, list) else [generator] * len(resolved)
     part = UNRESOLVED_PARTS[analysis]
-    return part(residual, background, covariance, resolved, observations, generators, autoencode)
+    return part(
+        residual, background, covariance, resolved, observations, generators, autoencode, progress
+    )

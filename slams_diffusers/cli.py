@@ -1,18 +1,18 @@
-"""The ``slams`` command line.
+"""The slams command line: data assimilation with SLAMS pipelines.
 
-    slams demo                          # assimilate a fresh testbed window, offline
-    slams assimilate --background xb.nc --stations st.csv --satellite sat.nc \\
-        --background-error-std 1.0 --out analysis.nc
-    slams cycle --pipeline my-l96-pipeline --model l96 --initial initial.nc \\
-        --stations obs.csv --steps-per-cycle 5 --out analyses.nc
-    slams evaluate --analysis analysis.nc --truth truth.nc
-    slams train --data my_data.zarr     # the two accelerate commands of training
-    slams simulate qg --out data/qg-default.zarr
-    slams simulate l96 --out data/l96.zarr
-    slams selftest
+  slams demo                         assimilate a fresh testbed window, offline
+  slams assimilate --background xb.nc --stations st.csv --satellite sat.nc \\
+      --background-error-std 1.0 --out analysis.nc
+  slams cycle --pipeline my-l96-pipeline --model l96 --initial initial.nc \\
+      --stations obs.csv --steps-per-cycle 5 --out analyses.nc
+  slams evaluate --analysis analysis.nc --truth truth.nc
+  slams train --data my_data.zarr    the two accelerate commands of training
+  slams simulate qg --out data/qg-default.zarr
+  slams simulate l96 --out data/l96.zarr
+  slams selftest                     the sampler against exact Kalman posteriors
 
 Bad input stops a command before any work, with one line on stderr naming the argument or file,
-what was found and what is expected, and exit status 2 (``SLAMS_DEBUG=1`` shows the traceback).
+what was found and what is expected, and exit status 2 (SLAMS_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ _PIPELINE_HELP = (
     "a pipeline folder, the name of an embedded pipeline (a folder of that name wins) or a Hub "
     "repo id 'org/name'"
 )
-#: The training scripts of a source checkout.
+#: The training scripts of a source checkout, and their accelerate config (one process).
 TRAINING_SCRIPTS = Path(__file__).resolve().parents[1] / "training"
+ACCELERATE_CONFIG = TRAINING_SCRIPTS / "configs" / "accelerate.yaml"
 
 
 def _positive_int(text: str) -> int:
@@ -76,13 +77,16 @@ def _selftest(args: argparse.Namespace) -> int:
     failed = False
     for name, build in problems.items():
         problem = build(seed=args.seed)
-        for covariance in ("tweedie", "diagonal"):
+        for covariance in ("moment_matching", "diagonal"):
+            problem.pipeline.set_progress_bar_config(
+                disable=not args.progress, desc=f"selftest {name}, {covariance}"
+            )
             start = time.perf_counter()
             mean_error, variance_ratio = problem.errors(
                 covariance, args.members, args.steps, seed=args.seed
             )
             ok = mean_error < 0.1 and abs(variance_ratio - 1) < 0.1
-            failed |= covariance == "tweedie" and not ok
+            failed |= covariance == "moment_matching" and not ok
             print(
                 json.dumps(
                     {
@@ -95,7 +99,8 @@ def _selftest(args: argparse.Namespace) -> int:
                         "within_tolerance": ok,
                         "seconds": round(time.perf_counter() - start, 1),
                     }
-                )
+                ),
+                flush=True,
             )
     return 1 if failed else 0
 
@@ -190,7 +195,7 @@ def _periodic(choice: str, pipe, spatial_dims: tuple[str, ...]) -> tuple[bool, .
 
 def _add_qc_arguments(add) -> None:
     """``--qc-threshold`` and ``--no-qc`` (the pipeline's ``qc_threshold`` and ``qc``)."""
-    from .quality_control import QC_THRESHOLD
+    from .defaults import QC_THRESHOLD
 
     add(
         "--qc-threshold",
@@ -283,6 +288,11 @@ def _assimilate(args: argparse.Namespace) -> int:
         trajectory=args.trajectory,
         levels=pipe.autoencoder.config.get("levels_hpa"),
     )
+    if plot is not None and len(background.spatial_dims) != 2:
+        raise ValueError(
+            f"--plot: draws maps of (y, x) fields; --background {args.background!r} has the "
+            f"spatial dims {background.spatial_dims}"
+        )
     std, covariance = _background_error(args, pipe, background.data.sizes["level"])
     periodic = _periodic(args.periodic, pipe, background.spatial_dims)
     observations = []
@@ -395,19 +405,26 @@ def _assimilate(args: argparse.Namespace) -> int:
 
 
 def _plot_analysis(dataset, background, observations, path: Path) -> None:
-    """Maps of the last window's last step: background, observations, mean, spread."""
+    """Maps of the last window's last step: background, observations, mean, spread, on the
+    file's coordinates."""
     from .io import window_observations
     from .plotting import plot_analysis_maps
 
     times = dataset.sizes["time"]
     last = slice(times - 1, times)
     level_names = [f"{float(v):g} hPa" for v in dataset["level"].values]
+    y, x = (dataset[d] for d in background.spatial_dims[-2:])
+    time_units = dataset["time"].attrs.get("units")  # datetimes come decoded, without
+    drawn = f"{dataset['time'].values[-1]}{f' {time_units}' if time_units else ''}"
     plot_analysis_maps(
         mean=dataset["mean"].values[-1],
         std=dataset["std"].values[-1],
         background=background.data.values[-1],
         observations=window_observations(observations, last),
         level_names=level_names,
+        x=x.rename(background.dim_names.get(x.name, x.name)),
+        y=y.rename(background.dim_names.get(y.name, y.name)),
+        title=f"slams assimilate: the last time step, {drawn}",
         path=path,
     )
 
@@ -537,7 +554,7 @@ def _cycle(args: argparse.Namespace) -> int:
         station_times,
         write_analysis,
     )
-    from .pipelines.outputs import DEFAULT_ATTRS
+    from .pipelines.outputs import DEFAULT_ATTRS, MEMBER_ATTRS, ensemble_attrs
 
     start = time.perf_counter()
     out = check_output_file(args.out, "--out", args.overwrite, (".nc",))
@@ -650,15 +667,15 @@ def _cycle(args: argparse.Namespace) -> int:
 
     def add(prefix: str, stack: torch.Tensor, what: str) -> None:
         values = stack.double().numpy()
+        state_attrs = {**template.attrs, "long_name": f"{what}{name}"}
         dataset[f"{prefix}members"] = to_xarray(
             values.astype(np.float32), template, leading_dims=("member",)
-        ).assign_coords(member=np.arange(members))
+        ).assign_coords(member=("member", np.arange(members), MEMBER_ATTRS))
+        dataset[f"{prefix}members"].attrs = state_attrs
         dataset[f"{prefix}mean"] = to_xarray(values.mean(0).astype(np.float32), template)
-        dataset[f"{prefix}std"] = to_xarray(
-            values.std(0, ddof=1).astype(np.float32), template
-        ).assign_attrs(long_name=f"ensemble spread of {name}")
-        for suffix in ("members", "mean"):
-            dataset[f"{prefix}{suffix}"].attrs["long_name"] = f"{what}{name}"
+        dataset[f"{prefix}mean"].attrs = ensemble_attrs(state_attrs, "mean")
+        dataset[f"{prefix}std"] = to_xarray(values.std(0, ddof=1).astype(np.float32), template)
+        dataset[f"{prefix}std"].attrs = ensemble_attrs(state_attrs, "standard_deviation")
 
     add("", torch.stack(analyses, dim=1), "")
     add("forecast_", torch.stack(forecasts, dim=1), "forecast (background) of ")
@@ -797,13 +814,24 @@ def _load_script(name: str):
     return module
 
 
-def _train_commands(args: argparse.Namespace) -> list[list[str]]:
-    """The ``accelerate launch`` commands of both stages, their options checked by the scripts'
-    own parsers (so a typo fails now, not after stage 1)."""
+def _shown(path: Path) -> str:
+    """``path`` as a command shows it: relative to the current folder when inside it."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _train_commands(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
+    """The two training stages as ``(comment, accelerate launch ... script, script options)``,
+    the options checked by the scripts' own parsers (so a typo fails now, not after stage 1).
+    Without ``--output-dir`` the stages write where their configs say, and stage 2 reads stage
+    1's output (``--autoencoder``, given only where its config reads another folder)."""
     from .data.stores import open_store
     from .io import open_dataset
     from .training import parse_args
 
+    parsers = {
+        name: _load_script(name).build_parser() for name in ("train_autoencoder", "train_score")
+    }
     data = args.data
     if not Path(data).exists():
         raise ValueError(f"--data: no such file or folder {data!r}")
@@ -812,77 +840,112 @@ def _train_commands(args: argparse.Namespace) -> list[list[str]]:
             open_store(open_dataset(Path(data), "--data"), args.variable)
         except ValueError as error:
             raise ValueError(f"--data {data!r}: {' '.join(str(error).split())}") from error
-    output = Path(args.output_dir)
-    common = ["--data", data, *(["--variable", args.variable] if args.variable else [])]
-    stage1 = [
-        *(["--config", args.autoencoder_config] if args.autoencoder_config else []),
-        *common,
-        "--output_dir",
-        str(output / "autoencoder"),
-        *shlex.split(args.autoencoder_args),
-    ]
-    stage2 = [
-        *(["--config", args.score_config] if args.score_config else []),
-        *common,
-        "--autoencoder",
-        str(output / "autoencoder"),
-        "--output_dir",
-        str(output / "score"),
-        *shlex.split(args.score_args),
-    ]
     for option, config in (
         ("--autoencoder-config", args.autoencoder_config),
         ("--score-config", args.score_config),
     ):
-        if config and not Path(config).is_file():
+        if not Path(config).is_file():
             raise ValueError(f"{option}: no such file {config!r}")
-    for name, argv in (("train_autoencoder", stage1), ("train_score", stage2)):
-        parser = _load_script(name).build_parser()
+    common = ["--data", data, *(["--variable", args.variable] if args.variable else [])]
+    stage1 = ["--config", _shown(Path(args.autoencoder_config)), *common]
+    stage2 = ["--config", _shown(Path(args.score_config)), *common]
+    if args.output_dir is not None:
+        output = Path(args.output_dir)
+        stage1 += ["--output_dir", str(output / "autoencoder")]
+        stage2 += [
+            "--autoencoder",
+            str(output / "autoencoder"),
+            "--output_dir",
+            str(output / "score"),
+        ]
+    stage1 += shlex.split(args.autoencoder_args)
+    extra2 = shlex.split(args.score_args)
+    parsed = {}
+    for name, argv in (("train_autoencoder", stage1), ("train_score", [*stage2, *extra2])):
+        parser = parsers[name]
 
         def refuse(message: str, name: str = name, argv: list[str] = argv) -> None:
             raise ValueError(f"{name}.py rejects the options {argv}: {message}")
 
         parser.error = refuse  # one line, no usage text, no exit
         try:
-            parse_args(parser, argv)
+            parsed[name] = parse_args(parser, argv)
         except ValueError as error:
             raise ValueError(f"{name}.py options {argv}: {error}") from error
-    launch = [
-        "accelerate",
-        "launch",
-        *(["--multi_gpu"] if args.num_processes > 1 else []),
-        "--num_processes",
-        str(args.num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        args.mixed_precision,
-        "--dynamo_backend",
-        "no",
-    ]
+    autoencoder = parsed["train_autoencoder"].output_dir
+    if parsed["train_score"].autoencoder != autoencoder:
+        stage2 += ["--autoencoder", autoencoder]
+    stage2 += extra2
+    pipeline = Path(parsed["train_score"].output_dir) / "pipeline"
+    launch = ["accelerate", "launch", "--quiet", "--config_file", _shown(ACCELERATE_CONFIG)]
+    if args.num_processes > 1:
+        launch += ["--multi_gpu", "--num_processes", str(args.num_processes)]
+    if args.mixed_precision != "no":
+        launch += ["--mixed_precision", args.mixed_precision]
     return [
-        [*launch, str(TRAINING_SCRIPTS / "train_autoencoder.py"), *stage1],
-        [*launch, str(TRAINING_SCRIPTS / "train_score.py"), *stage2],
+        (
+            f"# stage 1: the autoencoder and the observation encoders, written to {autoencoder}",
+            [*launch, _shown(TRAINING_SCRIPTS / "train_autoencoder.py")],
+            stage1,
+        ),
+        (
+            f"# stage 2: the score network, then the pipeline (with its model card): {pipeline}",
+            [*launch, _shown(TRAINING_SCRIPTS / "train_score.py")],
+            stage2,
+        ),
     ]
+
+
+def _relay_stderr(process: subprocess.Popen) -> list[str]:
+    """Copy ``process``'s stderr to ours as it comes (progress bars included), except its
+    ``error: ...`` lines (a training script's one-line error), which are returned."""
+    prefix = b"error: "
+    held: list[str] = []
+    line = b""  # the start of the current line while it may be an error line
+    passing = False  # the current line is not one: it goes through as it comes
+    out = sys.stderr.buffer
+    while chunk := process.stderr.read1(4096):
+        for piece in chunk.splitlines(keepends=True):
+            ends = piece.endswith((b"\n", b"\r"))
+            if not passing:
+                line += piece
+                if line.startswith(prefix) or (prefix.startswith(line) and not ends):
+                    if ends:
+                        held.append(line.decode(errors="replace").strip())
+                        line = b""
+                    continue
+                piece, line, passing = line, b"", True
+            out.write(piece)
+            out.flush()
+            passing = not ends
+    if line:
+        held.append(line.decode(errors="replace").strip())
+    return held
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Print (or with ``--run`` run) the two training stages for a data file."""
-    commands = _train_commands(args)
-    pipeline = Path(args.output_dir) / "score" / "pipeline"
-    if not args.execute:
-        print("# stage 1: autoencoder and observation encoders; stage 2: score network")
-        for command in commands:
-            print(shlex.join(command))
-        print(f"# the pipeline: {pipeline}  (slams assimilate --pipeline {pipeline} ...)")
-        return 0
-    for command in commands:
-        print(shlex.join(command), flush=True)
-        status = subprocess.run(command).returncode
-        if status:
-            print(f"slams train: error: stage failed with status {status}", file=sys.stderr)
-            return status
-    print(f"# the pipeline: {pipeline}")
+    """Print (or with ``--run`` run) the two training stages for a data file. A stage that fails
+    stops the run with one line (the script's own error, or its exit status) and status 2."""
+    stages = _train_commands(args)
+    for number, (comment, launch, options) in enumerate(stages, start=1):
+        print(comment)
+        print(f"{shlex.join(launch)} \\\n    {shlex.join(options)}", flush=True)
+        if not args.execute:
+            continue
+        process = subprocess.Popen([*launch, *options], stderr=subprocess.PIPE)
+        errors = _relay_stderr(process)
+        if process.wait():
+            status = f"exit status {process.returncode}"
+            what = errors[-1].removeprefix("error: ") if errors else status
+            stopped = ", stage 2 not started" if number == 1 else ""
+            script = Path(launch[-1]).name
+            print(
+                f"slams train: error: stage {number} ({script}) failed{stopped}: {what}",
+                file=sys.stderr,
+            )
+            return 2
+        for error in errors:
+            print(error, file=sys.stderr)
     return 0
 
 
@@ -890,7 +953,19 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     """Simulate a fresh testbed window, assimilate it with OI/3D-Var and SLAMS (the same spectral
     ``B``, estimated on validation windows), print per-level scores, write analysis.nc and
-    demo.png."""
+    demo.png. Each phase is announced on stderr (with ``--progress``); the long ones have bars."""
+
+    def phase(text: str) -> None:
+        if args.progress:
+            print(f"slams demo: {text}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    folder = Path(args.out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out: {str(folder)!r} is a file; expected a folder")
+    if not folder.parent.is_dir():
+        raise ValueError(f"--out: the folder {str(folder.parent)!r} does not exist")
+    phase(f"loading the pipeline {args.pipeline}")
     import numpy as np
     import torch
 
@@ -900,35 +975,33 @@ def _demo(args: argparse.Namespace) -> int:
     from .data.testbed import assimilation_cases
     from .io import BackgroundFile, check_output_file, write_analysis
     from .metrics import crps, ensemble_spread, level_dims, rmse
+    from .plotting import check_matplotlib, plot_analysis_maps
     from .seeding import member_generators
 
-    start = time.perf_counter()
-    folder = Path(args.out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out: {str(folder)!r} is a file; expected a folder")
-    if not folder.parent.is_dir():
-        raise ValueError(f"--out: the folder {str(folder.parent)!r} does not exist")
+    try:
+        check_matplotlib()
+    except ImportError as error:
+        raise ValueError(f"slams demo draws demo.png: {error}") from error
+
     folder.mkdir(exist_ok=True)
     nc = check_output_file(folder / "analysis.nc", "--out", args.overwrite, (".nc",))
     png = check_output_file(folder / "demo.png", "--out", args.overwrite, (".png",))
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as error:
-        raise ValueError(
-            "slams demo draws demo.png with matplotlib: pip install 'slams-diffusers[plot]'"
-        ) from error
     pipe = _load_pipeline(args.pipeline, progress=args.progress)
-    pipe.set_progress_bar_config(disable=not args.progress, desc="SLAMS")
+    pipe.set_progress_bar_config(disable=not args.progress)
 
     window, lead_hours = pipe.window, 24.0
+    steps = round(lead_hours / 6) + window + 6
+    phase(f"simulating 2 QG trajectories of {steps} steps of 6 h after their spin-up")
     dataset = simulate_dataset(
         trajectories=2,  # one for validation (B), one to assimilate
-        steps=round(lead_hours / 6) + window + 6,
+        steps=steps,
         seed=args.seed + 10_000,  # not a trajectory of the default training dataset
         spinup=args.spinup_steps,
         splits=(0.0, 0.5, 0.5),
         store_pv="all",
+        progress=args.progress,
     )
+    phase(f"{lead_hours:g}-h forecasts as backgrounds; B estimated on 4 validation windows")
     validation = assimilation_cases(
         dataset, "val", window, 4, lead_hours, seed=args.seed + 1, observations=False
     )
@@ -941,6 +1014,10 @@ def _demo(args: argparse.Namespace) -> int:
         ["trajectory", "split"]
     )
     background = template.copy(data=case.background.numpy())
+    phase(
+        f"assimilating {len(case.observations)} observations with {args.pipeline}: "
+        f"{args.members} members x {args.steps} steps"
+    )
     out = pipe(
         background=background,
         observations=case.observations,
@@ -950,6 +1027,7 @@ def _demo(args: argparse.Namespace) -> int:
         generator=member_generators(args.seed, 0, args.members),
         output_type="xarray",
     )
+    phase("OI/3D-Var with the same B")
     oi = optimal_interpolation(case.background.double(), case.observations, covariance).float()
 
     truth = case.truth.double()
@@ -969,6 +1047,7 @@ def _demo(args: argparse.Namespace) -> int:
         columns["spread SLAMS"] = ensemble_spread(members, dims).tolist()
         overall["spread SLAMS"] = ensemble_spread(members).item()
 
+    phase(f"writing {nc}")
     analysis = out.dataset
     for name, value in (("truth", case.truth), ("background", case.background), ("oi", oi)):
         analysis[name] = template.copy(data=value.numpy())
@@ -980,9 +1059,9 @@ def _demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         attrs={"title": "slams demo: one testbed window", "slams_seed": args.seed},
     )
-    from .plotting import plot_analysis_maps
-
+    phase(f"drawing {png}")
     names = [f"{float(v):g} hPa" for v in template.coords["level"].values]
+    days = float(template["time"].values[-1])
     plot_analysis_maps(
         mean=analysis["mean"].values,
         std=analysis["std"].values,
@@ -990,6 +1069,11 @@ def _demo(args: argparse.Namespace) -> int:
         background=case.background,
         observations=case.observations,
         level_names=names,
+        time_index=window - 1,
+        x=analysis["x"],
+        y=analysis["y"],
+        title=f"slams demo (seed {args.seed}), {args.pipeline}, {args.members} members: "
+        f"{days:g} days after the spin-up",
         path=png,
     )
     print(
@@ -1006,7 +1090,7 @@ def _demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- simulate qg
 def add_simulate_qg_arguments(parser) -> None:
     """Options of ``slams simulate qg`` (see :func:`~slams_diffusers.data.qg.simulate_dataset`)."""
-    from .data.qg import DEFAULT_STEPS, DEFAULT_TRAJECTORIES, INTERVAL_HOURS, SPINUP_DAYS
+    from .defaults import DEFAULT_STEPS, DEFAULT_TRAJECTORIES, INTERVAL_HOURS, SPINUP_DAYS
 
     parser.add_argument("--out", required=True, help="output path: *.zarr or netCDF (*.nc)")
     parser.add_argument("--trajectories", type=int, default=DEFAULT_TRAJECTORIES)
@@ -1131,29 +1215,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    selftest_help = "assimilate linear-Gaussian problems and compare with the exact posterior"
     selftest = commands.add_parser(
         "selftest",
-        help="assimilate linear-Gaussian problems and compare with the exact posterior",
+        help=selftest_help,
+        description=f"{selftest_help[0].upper()}{selftest_help[1:]}: a correlated 1x8x8 field "
+        "observed every second cell, and an AR(1) trajectory of 9 fields through a window-5 "
+        "score model, each with moment matching and the diagonal likelihood covariance. One JSON "
+        "line per run; exit status 1 when moment matching misses the posterior (mean error above "
+        "0.1 posterior std, variance ratio off 1 by more than 0.1).",
     )
-    selftest.add_argument("--members", type=_positive_int, default=512)
-    selftest.add_argument("--steps", type=_positive_int, default=256)
-    selftest.add_argument("--seed", type=int, default=0)
+    selftest.add_argument(
+        "--members", type=_positive_int, default=512, help="members per run (default: %(default)s)"
+    )
+    selftest.add_argument(
+        "--steps", type=_positive_int, default=256, help="sampling steps (default: %(default)s)"
+    )
+    selftest.add_argument(
+        "--seed", type=int, default=0, help="seed of the problems and draws (default: %(default)s)"
+    )
+    selftest.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars (stderr)"
+    )
     selftest.set_defaults(run=_selftest)
 
+    demo_help = (
+        "assimilate a freshly simulated testbed window with the embedded pipeline, compare "
+        "with the background and OI/3D-Var, write analysis.nc and demo.png"
+    )
     demo = commands.add_parser(
         "demo",
-        help="assimilate a freshly simulated testbed window with the embedded pipeline, compare "
-        "with the background and OI/3D-Var, write analysis.nc and demo.png",
+        help=demo_help,
+        description=f"{demo_help[0].upper()}{demo_help[1:]}. Offline; progress (bars and a "
+        "line per phase) goes to stderr, the table of scores to stdout. Exit status 1 when SLAMS "
+        "does not beat the background.",
     )
     demo.add_argument(
         "--pipeline", default=DEFAULT_PIPELINE, help=f"{_PIPELINE_HELP} (default: %(default)s)"
     )
-    demo.add_argument("--members", type=_positive_int, default=16)
-    demo.add_argument("--steps", type=_positive_int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default=".", help="folder for analysis.nc and demo.png")
+    demo.add_argument(
+        "--members", type=_positive_int, default=16, help="ensemble members (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=32,
+        help="sampling steps, each with the pipeline's Langevin corrections (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the simulated window, its observations and the members (default: "
+        "%(default)s)",
+    )
+    demo.add_argument(
+        "--out", default=".", help="folder for analysis.nc and demo.png (default: %(default)s)"
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace existing files")
-    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars or phase lines (stderr)",
+    )
     demo.add_argument(
         "--spinup-steps",
         type=int,
@@ -1302,17 +1427,44 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="print (or --run) the accelerate commands of both training stages for a data file",
+        description="Print (or --run) the accelerate commands of both training stages for a data "
+        "file, their options checked first: the configs of slams-qg-tiny (from the checkout's "
+        "training/configs) with your --data. Paths are shown relative to the current folder.",
     )
-    train.add_argument("--data", required=True, help="zarr / netCDF store or datasets folder")
-    train.add_argument("--variable", default=None)
-    train.add_argument("--output-dir", default="runs/slams", help="stage folders go here")
-    train.add_argument("--autoencoder-config", default=None, help="YAML of stage 1 options")
-    train.add_argument("--score-config", default=None, help="YAML of stage 2 options")
-    train.add_argument("--autoencoder-args", default="", help="more stage-1 options, one string")
-    train.add_argument("--score-args", default="", help="more stage-2 options, one string")
-    train.add_argument("--num-processes", type=_positive_int, default=1)
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    train.add_argument("--run", dest="execute", action="store_true", help="run the commands")
+    add = train.add_argument
+    add("--data", required=True, help="zarr / netCDF store or datasets folder")
+    add("--variable", default=None, help="the store's variable (default: guessed)")
+    add(
+        "--output-dir",
+        default=None,
+        help="write stage 1 to DIR/autoencoder and stage 2 to DIR/score (default: the configs' "
+        "output_dir, runs/qg-tiny-autoencoder and runs/slams-qg-tiny)",
+    )
+    add(
+        "--autoencoder-config",
+        default=str(TRAINING_SCRIPTS / "configs" / "qg-tiny-autoencoder.yaml"),
+        help="YAML of stage 1 options (default: training/configs/qg-tiny-autoencoder.yaml)",
+    )
+    add(
+        "--score-config",
+        default=str(TRAINING_SCRIPTS / "configs" / "qg-tiny-score.yaml"),
+        help="YAML of stage 2 options (default: training/configs/qg-tiny-score.yaml)",
+    )
+    add("--autoencoder-args", default="", help="more stage-1 options, one string")
+    add("--score-args", default="", help="more stage-2 options, one string")
+    add(
+        "--num-processes",
+        type=_positive_int,
+        default=1,
+        help="processes (more than 1: --multi_gpu; on CPUs a gloo group) (default: %(default)s)",
+    )
+    add("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    add(
+        "--run",
+        dest="execute",
+        action="store_true",
+        help="run the commands; a failing stage stops with one line and exit status 2",
+    )
     train.set_defaults(run=_train)
 
     simulate = commands.add_parser("simulate", help="generate a testbed dataset")

@@ -1,5 +1,4 @@
-"""Figures of analyses and their scores (matplotlib, an optional dependency: ``pip install
-'slams-diffusers[plot]'``).
+"""Figures of analyses and their scores (matplotlib, an optional dependency: :data:`INSTALL_HINT`).
 
 Every function builds a :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot, no
 global backend change, nothing to close), returns it, and with ``path`` also writes it as a PNG.
@@ -9,6 +8,7 @@ Inputs are tensors or arrays in physical units (K); they are validated before an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,17 @@ from .observations import Background, Gridded, Observation, Satellite, Stations
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_analysis_maps", "plot_profiles", "plot_rank_histogram", "plot_sweep"]
+__all__ = [
+    "INSTALL_HINT",
+    "check_matplotlib",
+    "plot_analysis_maps",
+    "plot_profiles",
+    "plot_rank_histogram",
+    "plot_sweep",
+]
+
+#: How to install matplotlib: the ``plot`` extra of a checkout (the package is not on PyPI yet).
+INSTALL_HINT = 'pip install matplotlib (in a checkout of slams-diffusers: pip install -e ".[plot]")'
 
 TEMPERATURE_CMAP = "RdYlBu_r"
 SPREAD_CMAP = "viridis"
@@ -36,10 +46,14 @@ def plot_analysis_maps(
     levels: Sequence[int] | None = None,
     level_names: Sequence[str] | None = None,
     time_index: int = -1,
+    x: Any = None,
+    y: Any = None,
+    title: str | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """Maps of one analysis: a row per level; columns truth / background / observations /
-    analysis mean / spread (columns without input are left out).
+    analysis mean / spread (columns without input are left out); the figure's title says which
+    time step it draws, and a legend explains the observation panels.
 
     Args:
         mean, std: analysis mean and spread, ``(level, y, x)`` or ``(time, level, y, x)``.
@@ -56,6 +70,10 @@ def plot_analysis_maps(
             (e.g. ``"850 hPa"``).
         time_index: the step drawn when the inputs have a time axis (default: the last one, the
             step a filter delivers).
+        x, y: the grid's coordinates (cell centres, evenly spaced), 1-d arrays or ``xarray``
+            coordinates (their ``units`` label the axes), e.g. a file's ``x`` and ``y`` in m;
+            default: grid indices.
+        title: the figure's title, before the time step drawn.
         path: write the figure there as a PNG.
     """
     mean = _array(mean, "mean")
@@ -69,13 +87,17 @@ def plot_analysis_maps(
         if value.shape != mean.shape:
             raise ValueError(f"{name}: expected the shape of mean {mean.shape}, got {value.shape}")
     step = None
+    heading = [title] if title else []
     if mean.ndim == 4:
         if not -mean.shape[0] <= time_index < mean.shape[0]:
             raise ValueError(f"time_index: expected -{mean.shape[0]} <= index < {mean.shape[0]}")
         step = time_index % mean.shape[0]
+        heading.append(f"time step {step + 1} of {mean.shape[0]}")
         mean = mean[step]
         fields = {k: v[step] for k, v in fields.items()}
     num_levels, grid = mean.shape[0], mean.shape[1:]
+    axes_x = _grid_axis(x, "x", grid[1])
+    axes_y = _grid_axis(y, "y", grid[0])
 
     observations = list(observations or [])
     for i, obs in enumerate(observations):
@@ -108,8 +130,10 @@ def plot_analysis_maps(
     fields["analysis mean"] = mean
 
     figure = _figure(len(columns), len(rows), width=2.6, height=2.3)
+    if heading:
+        figure.suptitle(", ".join(heading))
     axes = figure.subplots(len(rows), len(columns), squeeze=False, sharex=True, sharey=True)
-    extent = (-0.5, grid[1] - 0.5, -0.5, grid[0] - 0.5)  # cell centres at integer indices
+    extent = (*axes_x.edges, *axes_y.edges)
     for r, (level, name) in enumerate(zip(rows, names, strict=True)):
         temperature = [fields[c][level] for c in columns if c in ("truth", "background")]
         temperature.append(mean[level])
@@ -124,7 +148,7 @@ def plot_analysis_maps(
                 figure.colorbar(image, ax=ax, shrink=0.8, label="K")
                 continue
             if column == "observations":
-                _draw_observations(ax, observed, level, extent, norm)
+                _draw_observations(ax, observed, level, extent, norm, (axes_y, axes_x))
                 continue
             shown = ax.imshow(
                 fields[column][level],
@@ -135,9 +159,17 @@ def plot_analysis_maps(
             )
             if column == "analysis mean":
                 figure.colorbar(shown, ax=ax, shrink=0.8, label="K")
-        axes[r, 0].set_ylabel("y")
+        axes[r, 0].set_ylabel(axes_y.label)
     for ax in axes[-1]:
-        ax.set_xlabel("x")
+        ax.set_xlabel(axes_x.label)
+    if observed:
+        figure.legend(
+            handles=_observation_legend(observed),
+            loc="outside lower center",
+            ncols=2,
+            fontsize=8,
+            frameon=False,
+        )
     return _finish(figure, path)
 
 
@@ -235,9 +267,76 @@ def plot_sweep(
 # --------------------------------------------------------------------------- helpers
 
 
-def _draw_observations(ax, observed: list[Observation], level: int, extent, norm: dict) -> None:
-    """Gridded / satellite images, then stations on top, on a grey ground (not observed)."""
-    ax.set_facecolor("0.9")
+@dataclass(frozen=True)
+class _GridAxis:
+    """A map axis: cell ``i``'s centre at ``start + i * step``; ``label`` names it with units."""
+
+    start: float
+    step: float
+    size: int
+    label: str
+
+    @property
+    def edges(self) -> tuple[float, float]:
+        return self.start - self.step / 2, self.start + (self.size - 0.5) * self.step
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        """Coordinates of fractional grid indices (a station's position)."""
+        return self.start + index * self.step
+
+
+def _grid_axis(coordinate: Any, name: str, size: int) -> _GridAxis:
+    """The axis of ``coordinate`` (``x`` or ``y`` of :func:`plot_analysis_maps`), ``size`` cells."""
+    if coordinate is None:
+        return _GridAxis(0.0, 1.0, size, f"{name} (grid index)")
+    attrs = getattr(coordinate, "attrs", {})
+    label = str(getattr(coordinate, "name", None) or name)
+    units = attrs.get("units")
+    values = _array(coordinate, name)
+    if values.shape != (size,):
+        raise ValueError(f"{name}: expected {size} coordinates (one per cell), got {values.shape}")
+    steps = np.diff(values)
+    if size > 1 and not np.allclose(steps, steps[0], rtol=1e-4, atol=0.0):
+        raise ValueError(f"{name}: expected evenly spaced coordinates, got steps {steps}")
+    return _GridAxis(
+        float(values[0]),
+        float(steps[0]) if size > 1 else 1.0,
+        size,
+        f"{label} [{units}]" if units else label,
+    )
+
+
+#: Colour of the observation panels where nothing is observed (no station, gap, cloud).
+UNOBSERVED = "0.9"
+
+
+def _observation_legend(observed: list[Observation]) -> list:
+    """Legend entries of the observation panels: the grey ground, and stations if any."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=UNOBSERVED, edgecolor="0.6", label="not observed (or cloudy)")]
+    if any(isinstance(o, Stations) for o in observed):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markerfacecolor="0.6",
+                markeredgecolor="k",
+                label="station, coloured on the row's temperature scale (analysis mean's bar)",
+            )
+        )
+    return handles
+
+
+def _draw_observations(
+    ax, observed: list[Observation], level: int, extent, norm: dict, grid: tuple
+) -> None:
+    """Gridded / satellite images, then stations on top (at their coordinates on ``grid``, the
+    ``(y, x)`` axes), on a grey ground (not observed)."""
+    ax.set_facecolor(UNOBSERVED)
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
     for obs in observed:
@@ -261,8 +360,8 @@ def _draw_observations(ax, observed: list[Observation], level: int, extent, norm
             position = obs.positions.cpu().double().numpy()[seen]
             value = obs.values[:, j].cpu().double().numpy()[seen]
             ax.scatter(
-                position[:, 1],
-                position[:, 0],
+                grid[1].at(position[:, 1]),
+                grid[0].at(position[:, 0]),
                 c=value,
                 s=18,
                 cmap=TEMPERATURE_CMAP,
@@ -272,14 +371,18 @@ def _draw_observations(ax, observed: list[Observation], level: int, extent, norm
             )
 
 
+def check_matplotlib() -> None:
+    """Raise an ``ImportError`` that says what to install (:data:`INSTALL_HINT`) when matplotlib
+    is missing."""
+    _matplotlib()
+
+
 def _matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError(
-            "slams_diffusers.plotting needs matplotlib: pip install 'slams-diffusers[plot]'"
-        ) from e
+        raise ImportError(f"slams_diffusers.plotting needs matplotlib: {INSTALL_HINT}") from e
     return Figure, FigureCanvasAgg
 
 

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .covariance import SpectralCovariance, background_covariance_of
+from .defaults import QC_THRESHOLD
 from .observations import Background, Observation, level_scale
 
 __all__ = [
@@ -59,13 +60,6 @@ __all__ = [
     "departures",
     "quality_control",
 ]
-
-QC_THRESHOLD = 5.0
-"""Default ``k`` of the check: ``|d| > k σ_d`` is rejected. Chosen on 24 validation windows of the
-testbed (``benchmarks/qc.py``, ``results/qc.md``): the smallest of ``k`` = 3…7 that rejects none
-of their 99,000 correct values (the largest ``|d|/σ_d`` was 4.91; ``k`` = 4 rejects 0.009 %,
-``k`` = 3 0.33 %), while every gross error of 10 σ_d is rejected and +15 K at a 0.5 K station
-(30 σ_y) 99.6 % of the time. Larger ``k`` lets more of the latter through (6: 97 %)."""
 
 GROSS_RANGE_STD = 10.0
 """A value more than this many climatological ``σ_d`` from ``A(level_mean)`` is outside the

@@ -2,6 +2,7 @@
 processes, the background's coordinates and attributes kept; ``slams evaluate`` and ``slams
 train`` on the same files."""
 
+import io
 import json
 import os
 import socket
@@ -278,24 +279,60 @@ def test_train_prints_both_stages_checked_by_the_scripts(files, capsys, monkeypa
     data = str(files["folder"] / "simulated.nc")
     argv = ["train", "--data", data, "--output-dir", "runs/mine", "--score-args", "--window 3"]
     assert main(argv) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.replace("\\\n    ", "").splitlines()  # each command on one line
     commands = [line for line in lines if line.startswith("accelerate launch")]
     assert len(commands) == 2
-    assert "train_autoencoder.py --data " + data in commands[0]
-    assert "--output_dir runs/mine/autoencoder" in commands[0]
+    assert commands[0].startswith("accelerate launch --quiet --config_file ")
+    assert "train_autoencoder.py --config " in commands[0]
+    assert (
+        f"qg-tiny-autoencoder.yaml --data {data} --output_dir runs/mine/autoencoder" in commands[0]
+    )
     assert "--autoencoder runs/mine/autoencoder --output_dir runs/mine/score" in commands[1]
     assert commands[1].endswith("--window 3")
-    assert "runs/mine/score/pipeline" in lines[-1]
-    # --run runs them in order and stops at the first failure, with its status
+    assert lines[2].endswith(": runs/mine/score/pipeline")
+    # --run runs them in order and stops at the first failure: one line, exit status 2
     ran = []
 
-    def fake_run(command):
-        ran.append(command)
-        return subprocess.CompletedProcess(command, 3 if len(ran) == 1 else 0)
+    class Stage:
+        def __init__(self, command, stderr):
+            ran.append(command)
+            self.returncode = 3 if len(ran) == 1 else 0
+            self.stderr = io.BytesIO(b"\rstep 1\rstep 2\nerror: --data: unreadable\n")
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    assert main([*argv, "--run"]) == 3
+        def wait(self):
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", Stage)
+    assert main([*argv, "--run"]) == 2
     assert len(ran) == 1 and "train_autoencoder.py" in " ".join(ran[0])
+    assert capsys.readouterr().err == (
+        "\rstep 1\rstep 2\nslams train: error: stage 1 (train_autoencoder.py) failed, stage 2 not "
+        "started: --data: unreadable\n"
+    )
+
+
+def test_a_failing_stage_stops_train_run_with_one_line(files, tmp_path):
+    """For real, through accelerate: stage 1 refuses levels the data does not have (after the
+    options were checked); ``slams train --run`` says so in one line, exit status 2, without the
+    launcher's traceback, and never starts stage 2."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "slams_diffusers.cli", "train",
+            "--data", str(files["folder"] / "simulated.nc"),
+            "--autoencoder-args", f"--levels 123 --output_dir {tmp_path / 'stage1'}", "--run",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "slams train: error: stage 1 (train_autoencoder.py) failed, stage 2 not started: "
+        "--levels [123.0]: `levels` do not match the store: found levels [850.0, 700.0, 500.0, "
+        "300.0, 200.0] hPa, expected [123.0] hPa; missing [123.0]."
+    ]
+    assert "train_autoencoder.py" in done.stdout and "train_score.py" not in done.stdout
 
 
 def test_satellite_clouds_and_errors_per_channel(files, tmp_path):

@@ -155,7 +155,16 @@ def test_the_file_carries_the_initial_coordinates_and_attributes(smoothed_run):
     assert written["x"].attrs["long_name"] == "ring position"
     assert written["mean"].attrs["units"] == "1"
     assert "standard_name" not in written["mean"].attrs  # not declared air temperature
-    assert written["std"].attrs["long_name"] == "ensemble spread of Lorenz-96 state"
+    assert written["std"].attrs["long_name"] == "ensemble standard deviation of Lorenz-96 state"
+    assert written["std"].attrs["cell_methods"] == "realization: standard_deviation"
+    assert written["mean"].attrs["cell_methods"] == "realization: mean"
+    assert written["forecast_std"].attrs["long_name"] == (
+        "ensemble standard deviation of forecast (background) of Lorenz-96 state"
+    )
+    assert written["member"].attrs == {
+        "standard_name": "realization",
+        "long_name": "ensemble member",
+    }
     assert written.attrs["title"] == "an initial ensemble"
     assert written.attrs["slams_cycles"] == 3 and written.attrs["slams_lag"] == 1
     assert written.attrs["slams_cycle_interval"] == "0.05"

@@ -1,7 +1,9 @@
 """``slams demo``: a fresh testbed window assimilated by OI/3D-Var and SLAMS with the same ``B``; a
 per-level table, ``analysis.nc`` and ``demo.png``; offline and quick on the embedded pipeline."""
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from slams_diffusers import LevelNormalizer, ScoreNet, SLAMSPipeline, VPPredicto
 from slams_diffusers.cli import main
 from slams_diffusers.metrics import crps, ensemble_spread, level_dims, rmse
 
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 LEVEL_NAMES = ["850 hPa", "700 hPa", "500 hPa", "300 hPa", "200 hPa"]
 COLUMNS = [
     "RMSE background", "RMSE OI/3D-Var", "RMSE SLAMS",
@@ -69,6 +72,12 @@ def test_demo_prints_a_table_and_writes_the_analysis_and_a_figure(
     assert written.sizes["member"] == 2 and written.sizes["time"] == 5
     np.testing.assert_allclose(written["level"], [850, 700, 500, 300, 200])
     assert written["mean"].attrs["units"] == "K" and written["y"].attrs["units"] == "m"
+    # the spread is not a temperature (CF: a statistic over the members, realization)
+    assert written["member"].attrs["standard_name"] == "realization"
+    assert written["std"].attrs["long_name"] == "ensemble standard deviation of air temperature"
+    assert written["std"].attrs["cell_methods"] == "realization: standard_deviation"
+    assert "standard_name" not in written["std"].attrs
+    assert written["mean"].attrs["standard_name"] == "air_temperature"
 
     def tensor(name):
         return torch.from_numpy(written[name].values).double()
@@ -99,13 +108,18 @@ def test_demo_prints_a_table_and_writes_the_analysis_and_a_figure(
     assert read_table(capsys.readouterr().out) == table
 
 
-def test_the_demo_on_the_embedded_pipeline_takes_well_under_two_minutes(tmp_path, capsys):
-    """The defaults: 16 members, 32 steps, 100 days of spin-up, on this machine's thread(s)."""
+def test_the_demo_on_the_embedded_pipeline_takes_the_time_the_readme_says(tmp_path, capsys):
+    """The defaults: 16 members, 32 steps, 100 days of spin-up, on this machine's thread(s), within
+    twice the time the README states (a demo that got slower needs the README re-measured)."""
+    stated = re.search(r"It took (\d+) s on this project's 2-core", README)
+    assert stated, "the README states the demo's time"
     start = time.perf_counter()
     status = main(["demo", "--out", str(tmp_path), "--no-progress"])
     seconds = time.perf_counter() - start
-    table = read_table(capsys.readouterr().out)
-    assert seconds < 120
+    captured = capsys.readouterr()
+    table = read_table(captured.out)
+    assert seconds < 2 * int(stated.group(1)), seconds
+    assert "slams demo:" not in captured.err and "%|" not in captured.err  # --no-progress
     assert status == 0
     everything = table["all"]
     # one window: SLAMS beats the background clearly and OI/3D-Var with the same B

@@ -3,8 +3,11 @@ of a saved folder gives a working ``SLAMSPipeline``, without running code from t
 model cards' snippet runs as written."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,33 @@ def test_code_planted_in_a_pipeline_folder_never_runs(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         DiffusionPipeline.from_pretrained(folder)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("first", ["slams_diffusers", "diffusers"])
+def test_a_fresh_process_loads_by_name_whichever_is_imported_first(first):
+    """``import slams_diffusers`` loads no torch (its names load on first use), yet makes
+    ``DiffusionPipeline.from_pretrained`` load a SLAMSPipeline, imported before diffusers or
+    after it."""
+    second = {"slams_diffusers": "diffusers", "diffusers": "slams_diffusers"}[first]
+    code = (
+        f"import sys, {first}\n"
+        "print('torch' in sys.modules)\n"
+        f"import {second}\n"
+        "pipe = diffusers.DiffusionPipeline.from_pretrained('sda-l96')\n"
+        "print(type(pipe) is slams_diffusers.SLAMSPipeline is diffusers.SLAMSPipeline)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded_torch, registered = done.stdout.split()
+    assert loaded_torch == ("False" if first == "slams_diffusers" else "True")
+    assert registered == "True"
 
 
 def test_the_registration_does_not_replace_a_diffusers_class():

@@ -239,9 +239,44 @@ def test_xarray_output_carries_coordinates_and_attributes():
     np.testing.assert_array_equal(out.mean["level"].values, PRESSURES)
     np.testing.assert_array_equal(out.mean["x"].values, np.arange(SIZE) * 10.0)
     assert out.mean.attrs["units"] == "K" and out.mean.attrs["long_name"] == "temperature"
-    assert "spread" in out.std.attrs["long_name"]
     np.testing.assert_allclose(out.dataset["mean"].values, out.members.values.mean(0), rtol=1e-6)
     assert state.shape == out.mean.shape
+    # CF: the members are realizations; the mean is still a temperature, the spread is not
+    assert out.members["member"].attrs == {
+        "standard_name": "realization",
+        "long_name": "ensemble member",
+    }
+    assert out.mean.attrs["standard_name"] == "air_temperature"
+    assert out.mean.attrs["cell_methods"] == "realization: mean"
+    assert out.std.attrs == {
+        "units": "K",
+        "long_name": "ensemble standard deviation of temperature",
+        "cell_methods": "realization: standard_deviation",
+    }
+
+
+def test_xarray_output_of_tensor_inputs_has_index_coordinates():
+    """A tensor background has no coordinates: the output gets the window's steps, the model's
+    pressure levels (hPa) where it records them, else level indices, and grid indices."""
+    state = truth(frames=2)
+    pipe = tiny_pipeline()
+    out = run(pipe, background=state, observations=observations(state), output_type="xarray")
+    coords = out.dataset.coords
+    assert out.dataset["members"].sizes == {
+        "member": 4, "time": 2, "level": LEVELS, "y": SIZE, "x": SIZE
+    }  # fmt: skip
+    assert coords["time"].values.tolist() == [0, 1]
+    assert coords["level"].values.tolist() == [0, 1, 2]
+    assert coords["level"].attrs == {"long_name": "level index"}
+    assert coords["x"].values.tolist() == list(range(SIZE))
+    assert coords["y"].attrs == {"long_name": "grid index along y"}
+    assert out.dataset["std"].attrs["long_name"] == "ensemble standard deviation of air temperature"
+    assert "standard_name" not in out.dataset["std"].attrs
+    pipe.autoencoder.register_to_config(levels_hpa=PRESSURES)
+    out = run(pipe, background=state, observations=observations(state), output_type="xarray")
+    assert out.dataset["level"].values.tolist() == PRESSURES
+    assert out.dataset["level"].attrs["units"] == "hPa"
+    assert out.dataset["level"].attrs["standard_name"] == "air_pressure"
 
 
 def test_output_types_and_tuple_return():

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from slams_diffusers.observations import Background, Gridded, Satellite, Stations
 from slams_diffusers.plotting import (
@@ -87,6 +88,45 @@ def test_plot_analysis_maps_writes_a_png_with_a_shared_scale_per_level(tmp_path,
     assert [len(c.get_offsets()) for c in panels[2].collections] == [2]
     assert len(panels[7].collections) == 0
     assert [len(c.get_offsets()) for c in panels[12].collections] == [1]
+
+
+def test_plot_analysis_maps_says_what_it_draws_in_the_files_units(tmp_path, window):
+    """The title names the time step, a legend explains the grey ground and the stations' colours,
+    and the axes are the file's coordinates (a station at grid position (1, 2.5) is drawn at
+    y = 1.5e6 m, x = 3e6 m on a 1000-km grid starting at 0.5e6 m)."""
+    truth, _, members, observations = window
+    x = xr.DataArray(np.arange(GRID[1]) * 1.0e6 + 0.5e6, dims="x", name="x", attrs={"units": "m"})
+    y = x.rename({"x": "y"}).rename("y")
+    figure = plot_analysis_maps(
+        mean=members.mean(0),
+        std=members.std(0),
+        truth=truth,
+        observations=observations,
+        x=x,
+        y=y,
+        title="a window",
+        path=tmp_path / "titled.png",
+    )
+    _assert_png(tmp_path / "titled.png")
+    assert figure.get_suptitle() == "a window, time step 2 of 2"
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "not observed (or cloudy)",
+        "station, coloured on the row's temperature scale (analysis mean's bar)",
+    ]
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert panels[0].get_ylabel() == "y [m]" and panels[-1].get_xlabel() == "x [m]"
+    assert panels[0].images[0].get_extent() == pytest.approx([0.0, 8.0e6, 0.0, 8.0e6])
+    np.testing.assert_allclose(
+        panels[1].collections[0].get_offsets(), [[3.0e6, 1.5e6], [5.5e6, 6.5e6]]
+    )
+    without = plot_analysis_maps(mean=members.mean(0)[1], std=members.std(0)[1])
+    assert without.get_suptitle() == "" and not without.legends  # no time axis, no observations
+    assert without.axes[0].get_ylabel() == "y (grid index)"
+    with pytest.raises(ValueError, match=r"x: expected 8 coordinates \(one per cell\), got \(7,\)"):
+        plot_analysis_maps(mean=members.mean(0), std=members.std(0), x=np.arange(7.0))
+    with pytest.raises(ValueError, match="y: expected evenly spaced coordinates"):
+        plot_analysis_maps(mean=members.mean(0), std=members.std(0), y=np.arange(8.0) ** 2)
 
 
 def test_plot_analysis_maps_selects_the_step_and_uses_a_background_observation(tmp_path, window):
@@ -201,5 +241,8 @@ def test_plot_sweep(tmp_path):
 def test_missing_matplotlib_says_what_to_install(monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(ImportError, match=r"pip install 'slams-diffusers\[plot\]'"):
+    hint = (
+        r'pip install matplotlib \(in a checkout of slams-diffusers: pip install -e "\.\[plot\]"\)'
+    )
+    with pytest.raises(ImportError, match=hint):
         plot_sweep([1, 2], {"a": [1.0, 2.0]}, "x", "y")

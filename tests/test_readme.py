@@ -3,12 +3,14 @@ commands (the demo, then assimilate and evaluate on the files the Python example
 fresh folder outside the checkout (the embedded pipelines load by name). The training commands
 run, with tiny sizes, in ``tests/test_own_data.py``; ``slams simulate qg`` of the full default
 dataset (minutes) in the reference section and ``slams cycle``, which needs a trained Lorenz-96
-pipeline (none is embedded; ``tests/test_cli_cycle.py`` runs it on a tiny one), are left out."""
+pipeline (none is embedded; ``tests/test_cli_cycle.py`` runs it on a tiny one), are left out;
+``slams train`` prints the training commands of the README as they are written there."""
 
 import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 
@@ -73,3 +75,20 @@ def test_commands_run_as_written(folder, monkeypatch, capsys):
         assert analysis["mean"].dims == ("time", "level", "y", "x")
     assert (folder / "analysis.png").stat().st_size > 0
     assert "spread/skill" in capsys.readouterr().out
+
+
+def test_slams_train_prints_the_training_commands_of_the_readme(tmp_path, monkeypatch, capsys):
+    """``slams train --data my_run.nc`` from the checkout's root prints the block of "Training on
+    your own data" as it stands (a small ``ta(time, plev, y, x)`` run in Pa stands in for
+    my_run.nc)."""
+    data = tmp_path / "my_run.nc"
+    values = np.random.default_rng(0).normal(250.0, 5.0, (20, 3, 8, 8)).astype("float32")
+    plev = ("plev", [85000.0, 50000.0, 20000.0], {"units": "Pa"})
+    run = xr.DataArray(values, dims=("time", "plev", "y", "x"), coords={"plev": plev})
+    xr.Dataset({"ta": run.assign_attrs(units="K")}).to_netcdf(data)
+    monkeypatch.chdir(REPO)
+    assert main(["train", "--data", str(data)]) == 0
+    printed = capsys.readouterr().out.replace(shlex.quote(str(data)), "my_run.nc")
+    section = README.split("## Training on your own data", 1)[1]
+    (expected, *_) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert printed == expected

@@ -1,8 +1,9 @@
 """The real global grid of issue 18: ERA5's ensemble of data assimilations, from the sample that
 cfgrib's source distribution ships (t on 850 and 500 hPa, 10 members, 4 times 12 h apart,
 2017-01-01 to 01-02, a 3° grid of 61 × 120; ERA5 is CC-BY-4.0, Copernicus Climate Change
-Service), as the netCDF3 store that ships with the package (``slams_diffusers/data/era5_members.nc``,
-read without HDF5 by :func:`slams_diffusers.data.era5.packaged_era5`):
+Service), as the netCDF3 store that ships with the package
+(``slams_diffusers/data/era5_members.nc``, read without HDF5 by
+:func:`slams_diffusers.data.era5.packaged_era5`):
 
     pip download --no-deps --no-binary :all: cfgrib==0.9.15.1 -d downloads
     pip install h5netcdf h5py   # to read the sample's netCDF4 (HDF5) file, here only

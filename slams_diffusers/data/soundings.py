@@ -378,8 +378,8 @@ def column_cases(
     seed: int = 0,
 ) -> list[ColumnCase]:
     """The real-column assimilation cases of ``data``'s complete ``split``/``kind`` profiles
-    (docs/method.md §Columns and real radiosondes). The truth is the launch itself on the column levels; the
-    observations are
+    (docs/method.md §Columns and real radiosondes). The truth is the launch itself on the column
+    levels; the observations are
 
     - ``"surface"``: the real surface report at its own pressure, less the bias of
       ``surface_error`` (``(bias, std)``; default :func:`surface_report_error` of the training

@@ -19,8 +19,11 @@ from ..quality_control import QualityControlReport
 
 __all__ = [
     "DEFAULT_ATTRS",
+    "MEMBER_ATTRS",
     "OUTPUT_TYPES",
     "AssimilationOutput",
+    "ensemble_attrs",
+    "index_template",
     "to_output",
     "warn_non_finite",
     "warn_out_of_range",
@@ -32,6 +35,54 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("xarray", "np", "pt", "latent")
 #: CF attributes of the output where the background has none (air temperature in K).
 DEFAULT_ATTRS = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
+#: CF attributes of the ``member`` coordinate: ``realization`` is CF's standard name for the
+#: members of an ensemble (dimensionless, so no units).
+MEMBER_ATTRS = {"standard_name": "realization", "long_name": "ensemble member"}
+
+
+def ensemble_attrs(attrs: dict[str, Any], statistic: str) -> dict[str, Any]:
+    """CF attributes of an ensemble ``statistic`` (``"mean"`` or ``"standard_deviation"``) of a
+    variable with ``attrs``: its ``cell_methods`` extended by ``realization: <statistic>`` (CF's
+    way to say which statistic over the members the values are). The mean keeps the variable's
+    ``standard_name`` (a mean of air temperature is an air temperature); the standard deviation
+    drops it and says what it is in ``long_name``: CF qualifies a standard name by
+    ``cell_methods`` only, and software that selects variables by standard name would otherwise
+    take the spread for a temperature."""
+    methods = f"{attrs['cell_methods']} " if attrs.get("cell_methods") else ""
+    out = {**attrs, "cell_methods": f"{methods}realization: {statistic}"}
+    if statistic == "standard_deviation":
+        out.pop("standard_name", None)
+        out["long_name"] = f"ensemble standard deviation of {attrs.get('long_name', 'the state')}"
+    return out
+
+
+def index_template(
+    values: np.ndarray, spatial_dims: int, levels_hpa: Sequence[float] | None = None
+) -> xr.DataArray:
+    """A template ``(time, level, y?, x?)`` for a state given as a tensor: index coordinates
+    (the window's steps, the grid's cells), pressure levels in hPa where the model records them
+    (``levels_hpa``), else level indices; :data:`DEFAULT_ATTRS`."""
+    space = ("y", "x")[2 - spatial_dims :]
+    coords = {
+        "time": ("time", np.arange(values.shape[0]), {"long_name": "time step of the window"}),
+        **{
+            name: (name, np.arange(size), {"long_name": f"grid index along {name}"})
+            for name, size in zip(space, values.shape[2:], strict=True)
+        },
+    }
+    if levels_hpa is not None and len(levels_hpa) == values.shape[1]:
+        pressure = {
+            "units": "hPa",
+            "long_name": "pressure",
+            "standard_name": "air_pressure",
+            "positive": "down",
+        }
+        coords["level"] = ("level", np.asarray(levels_hpa, dtype=np.float64), pressure)
+    else:
+        coords["level"] = ("level", np.arange(values.shape[1]), {"long_name": "level index"})
+    return xr.DataArray(
+        values, dims=("time", "level", *space), coords=coords, attrs=dict(DEFAULT_ATTRS)
+    )
 
 
 @dataclass
@@ -65,12 +116,14 @@ def to_output(
     template: xr.DataArray | None,
     spatial_dims: int,
     quality_control: QualityControlReport | None = None,
+    levels_hpa: Sequence[float] | None = None,
 ) -> AssimilationOutput:
     """The members ``(n, time, level, *space)``, their mean and spread as ``output_type``
     (:data:`OUTPUT_TYPES`), with the ``quality_control`` report; the xarray output takes the dims,
     coordinates and attributes of ``template`` ``(time, level, *space)`` (the background's;
-    :data:`DEFAULT_ATTRS` where it has none), or ``(time, level, y?, x?)`` without coordinates when
-    there is no template."""
+    :data:`DEFAULT_ATTRS` where it has none), or :func:`index_template`'s ``(time, level, y?,
+    x?)`` (pressures from ``levels_hpa``) when there is no template; CF attributes of the ensemble
+    (:data:`MEMBER_ATTRS`, :func:`ensemble_attrs`)."""
     count = members.shape[0]
     mean = members.mean(0)
     std = members.std(0, correction=1) if count > 1 else torch.zeros_like(mean)
@@ -81,17 +134,16 @@ def to_output(
     if output_type == "np":
         return AssimilationOutput(*arrays, latents=latents, **report)
     if template is None:
-        space_names = ("y", "x")[2 - spatial_dims :]
-        template = xr.DataArray(arrays[1], dims=("time", "level", *space_names))
+        template = index_template(arrays[1], spatial_dims, levels_hpa)
     attrs = {**DEFAULT_ATTRS, **template.attrs}
     template = template.copy(deep=False).rename(None)  # a copy: the caller's attrs are kept
     template.attrs = attrs
     members_da = to_xarray(arrays[0], template, leading_dims=("member",))
-    members_da = members_da.assign_coords(member=np.arange(count))
+    members_da = members_da.assign_coords(member=("member", np.arange(count), MEMBER_ATTRS))
     mean_da = to_xarray(arrays[1], template)
-    std_da = to_xarray(arrays[2], template).assign_attrs(
-        long_name=f"ensemble spread of {attrs['long_name']}"
-    )
+    mean_da.attrs = ensemble_attrs(attrs, "mean")
+    std_da = to_xarray(arrays[2], template)
+    std_da.attrs = ensemble_attrs(attrs, "standard_deviation")
     dataset = xr.Dataset({"members": members_da, "mean": mean_da, "std": std_da})
     dataset.attrs["source"] = "slams_diffusers.SLAMSPipeline"
     if quality_control is not None:

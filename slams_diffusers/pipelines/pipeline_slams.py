@@ -108,6 +108,22 @@ class SLAMSPipeline(DiffusionPipeline):
         if model_card is not None:
             hub.save_model_card(model_card, save_directory)
 
+    def progress_bar(self, iterable=None, total=None, phase: str = "sampling"):
+        """diffusers' progress bar (``set_progress_bar_config`` sets it up), labelled with the
+        ``phase`` of the call: ``"SLAMS sampling"`` (the reverse diffusion), ``"SLAMS unresolved
+        scales"`` (the analysis' per-member draws), or ``"<desc>: <phase>"`` when a ``desc`` was
+        configured."""
+        config = dict(getattr(self, "_progress_bar_config", None) or {})
+        desc = config.get("desc")
+        self._progress_bar_config = {
+            **config,
+            "desc": f"{desc}: {phase}" if desc else f"SLAMS {phase}",
+        }
+        try:
+            return super().progress_bar(iterable, total)
+        finally:
+            self._progress_bar_config = config
+
     # ------------------------------------------------------------------ spaces
     @property
     def device(self) -> torch.device:
@@ -287,46 +303,52 @@ class SLAMSPipeline(DiffusionPipeline):
         )
         climate = self.autoencoder.config
         report = None
-        if qc:  # positions in the report: those of the `observations` argument
-            observations, report = quality_control(
-                observations,
-                threshold=qc_threshold,
-                level_mean=climate.level_mean,
-                level_std=climate.level_std,
-            )
-            warn_rejections(report)
-        else:
-            check_observation_range(observations, climate.level_mean, climate.level_std)
-        kept = [(observations[i], r) for i, r in zip(given, routes, strict=True)]
-        kept = [(o, r) for o, r in kept if o.num_observed > 0]
-        if not kept:
-            raise ValueError(
-                "Nothing to assimilate: quality control rejected every value of `observations` "
-                f"({report.summary()}) and there is no `background`; check their units, or pass "
-                "a larger `qc_threshold` or qc=False"
-            )
-        observations, routes = [o for o, _ in kept], [r for _, r in kept]
+        # quality control, then the likelihood terms (the encoded observations, B carried into
+        # latent space): seconds on the testbed, under a bar of their own
+        with self.progress_bar(total=2, phase="preparing") as preparing:
+            if qc:  # positions in the report: those of the `observations` argument
+                observations, report = quality_control(
+                    observations,
+                    threshold=qc_threshold,
+                    level_mean=climate.level_mean,
+                    level_std=climate.level_std,
+                )
+                warn_rejections(report)
+            else:
+                check_observation_range(observations, climate.level_mean, climate.level_std)
+            preparing.update()
+            kept = [(observations[i], r) for i, r in zip(given, routes, strict=True)]
+            kept = [(o, r) for o, r in kept if o.num_observed > 0]
+            if not kept:
+                raise ValueError(
+                    "Nothing to assimilate: quality control rejected every value of "
+                    f"`observations` ({report.summary()}) and there is no `background`; check "
+                    "their units, or pass a larger `qc_threshold` or qc=False"
+                )
+            observations, routes = [o for o, _ in kept], [r for _, r in kept]
 
-        device, dtype = self.device, self._model_dtype
-        guided = GuidedScore(
-            MarkovBlanketScore(self.score_model),
-            self.scheduler.alpha_sigma,
-            likelihood_terms(
-                observations,
-                routes,
-                encode=self.encode,
-                decode=self.decode,
-                observation_encoder=self.observation_encoder,
-                level_std=self.autoencoder.config.level_std or [1.0] * self.levels,
-                latent_space=grid.latent_space,
-                device=device,
-                dtype=dtype,
-            ),
-            likelihood_covariance,
-            gamma,
-            cg_iterations,
-            climatology_snr,
-        )
+            device, dtype = self.device, self._model_dtype
+            guided = GuidedScore(
+                MarkovBlanketScore(self.score_model),
+                self.scheduler.alpha_sigma,
+                likelihood_terms(
+                    observations,
+                    routes,
+                    encode=self.encode,
+                    decode=self.decode,
+                    observation_encoder=self.observation_encoder,
+                    level_std=self.autoencoder.config.level_std or [1.0] * self.levels,
+                    latent_space=grid.latent_space,
+                    device=device,
+                    dtype=dtype,
+                ),
+                likelihood_covariance,
+                gamma,
+                cg_iterations,
+                climatology_snr,
+            )
+            preparing.update()
+
         latents = sample_latents(
             self,
             guided,
@@ -359,10 +381,19 @@ class SLAMSPipeline(DiffusionPipeline):
                     observed,
                     generator,
                     autoencode=lambda state: self.decode(self.encode(state)),
+                    progress=lambda pairs: self.progress_bar(pairs, phase="unresolved scales"),
                 )
             members = inflate_spread(members, spread_inflation, level_dim=2)
             warn_out_of_range(members, climate.level_mean, climate.level_std)
-        output = to_output(members, latents, output_type, template, self.spatial_dims, report)
+        output = to_output(
+            members,
+            latents,
+            output_type,
+            template,
+            self.spatial_dims,
+            report,
+            levels_hpa=self.autoencoder.config.get("levels_hpa"),
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return output.to_tuple()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...defaults import DEFAULT_STEPS, DEFAULT_TRAJECTORIES, INTERVAL_HOURS, SPINUP_DAYS
 from ..splits import split_counts
 from .model import DAY, QGConfig, QGModel, progress_bar
 
@@ -32,11 +33,6 @@ __all__ = [
     "simulate_dataset",
     "write_dataset",
 ]
-
-SPINUP_DAYS = 100.0
-INTERVAL_HOURS = 6.0
-DEFAULT_TRAJECTORIES = 32
-DEFAULT_STEPS = 128
 
 
 def _trajectory_generator(seed: int, index: int) -> torch.Generator:
