@@ -390,7 +390,7 @@ def test_bad_input_raises_value_errors():
     zeros = torch.zeros(10, 2, 8, 8)
     with pytest.raises(ValueError, match=r"truths: expected the shape of backgrounds"):
         estimate_background_covariance(zeros, torch.zeros(10, 2, 8, 4))
-    with pytest.raises(ValueError, match="kind: expected 'spectral', 'zonal' or 'diagonal', got 'full'"):
+    with pytest.raises(ValueError, match="kind: expected 'spectral', 'zonal' or 'diagonal', got"):
         estimate_background_covariance(zeros, zeros, kind="full")
     with pytest.raises(ValueError, match="scale: expected a positive finite number, got -2"):
         nmc_covariance(zeros, zeros, scale=-2.0)
