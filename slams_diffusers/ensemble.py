@@ -149,15 +149,7 @@ class CovarianceOptions:
             )
         spectrum = None
         if static is not None:
-            if (
-                not isinstance(static, SpectralCovariance)
-                or tuple(static.state_shape) != state_shape
-            ):
-                raise ValueError(
-                    f"static: with structure='spectral', expected a SpectralCovariance of states "
-                    f"{state_shape}, got {type(static).__name__} of "
-                    f"{tuple(getattr(static, 'state_shape', ()))}"
-                )
+            _check_static(static, SpectralCovariance, state_shape, "spectral")
             spectrum = static.spectrum.double().cpu()
             if static.isotropic:  # per wavenumber, like an anisotropic one
                 spectrum = spectrum[static.shells()]
@@ -188,14 +180,19 @@ class CovarianceOptions:
             taper = torch.kron(torch.ones(levels, levels, dtype=torch.float64), latitude)
         matrices = None
         if static is not None:
-            if not isinstance(static, ZonalCovariance) or tuple(static.state_shape) != state_shape:
-                raise ValueError(
-                    f"static: with structure='zonal', expected a ZonalCovariance of states "
-                    f"{state_shape}, got {type(static).__name__} of "
-                    f"{tuple(getattr(static, 'state_shape', ()))}"
-                )
+            _check_static(static, ZonalCovariance, state_shape, "zonal")
             matrices = static.matrices().cpu()
         return cls(state_shape, taper, rho, matrices, "zonal")
+
+
+def _check_static(static: Any, kind: type, state_shape: tuple[int, ...], structure: str) -> None:
+    """``ValueError`` unless ``static`` is a ``kind`` covariance of states ``state_shape``."""
+    if not isinstance(static, kind) or tuple(static.state_shape) != state_shape:
+        raise ValueError(
+            f"static: with structure={structure!r}, expected a {kind.__name__} of states "
+            f"{state_shape}, got {type(static).__name__} of "
+            f"{tuple(getattr(static, 'state_shape', ()))}"
+        )
 
 
 def _radius(localization_radius: Any) -> float:
