@@ -2,8 +2,8 @@
 commands (the demo, then assimilate and evaluate on the files the Python example wrote), in a
 fresh folder outside the checkout (the embedded pipelines load by name). The training commands
 run, with tiny sizes, in ``tests/test_own_data.py``; ``slams simulate qg`` of the full default
-dataset (minutes) in the reference section and ``slams cycle``, which needs a trained Lorenz-96
-pipeline (none is embedded; ``tests/test_cli_cycle.py`` runs it on a tiny one), are left out;
+dataset (minutes) in the reference section and ``slams cycle``, which needs the user's initial
+state and observations (``tests/test_cli_cycle.py`` runs it on a tiny pipeline), are left out;
 ``slams train`` prints the training commands of the README as they are written there."""
 
 import re
